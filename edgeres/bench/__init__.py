@@ -1,0 +1,1 @@
+"""Benchmarks: latency distributions and model size."""

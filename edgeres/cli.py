@@ -1,0 +1,142 @@
+"""The `edgeres` command: each subcommand parses, calls one library function, prints a summary."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeres.errors import UserInputError
+from edgeres.ui import console, fail, print_table, progress_bar, setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, compress, export and measure ResNet-family models for edge devices.")
+
+
+def _split(text: Optional[str]) -> Optional[tuple[float, float, float]]:
+    if text is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserInputError(f"--split takes three fractions like 0.8,0.1,0.1, got {text!r}") from None
+    if len(parts) != 3:
+        raise UserInputError(f"--split takes three fractions (train,val,test), got {len(parts)}")
+    return parts  # type: ignore[return-value]
+
+
+@app.command("models")
+def models_cmd(
+    pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. '*se*'."),
+    img_size: int = typer.Option(224, help="Input size at which MACs are counted."),
+    num_classes: int = typer.Option(1000, help="Classifier size for the parameter count."),
+) -> None:
+    """List model variants with their parameters and MACs."""
+    from edgeres.bench.profile import count_macs, count_params
+    from edgeres.models import create, list_models
+
+    names = list_models(pattern)
+    if not names:
+        raise UserInputError(f"no model matches {pattern!r}; `edgeres models` lists them all")
+    rows = []
+    with progress_bar("counting", total=len(names)) as advance:
+        for name in names:
+            m = create(name, num_classes=num_classes)
+            rows.append((name, count_params(m), count_macs(m, (3, img_size, img_size)) / 1e6))
+            advance(1)
+    print_table(f"models at {img_size}x{img_size}, {num_classes} classes", ["name", "params", "MMACs"], rows)
+
+
+@app.command("train")
+def train_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Variant name (see `edgeres models`)."),
+    data: str = typer.Option(..., "--data", "-d", help="'digits', 'shapes' or an image folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory for the checkpoint and metrics."),
+    epochs: int = typer.Option(10, help="Training epochs."),
+    img_size: int = typer.Option(64, help="Input images are resized to this square size."),
+    batch_size: int = typer.Option(64, help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    optimizer: str = typer.Option("adamw", help="adamw, adam or sgd."),
+    scheduler: str = typer.Option("cosine", help="cosine, plateau or none."),
+    patience: int = typer.Option(0, help="Early stop after this many epochs without val-loss gain (0: off)."),
+    balance: str = typer.Option("none", help="Class imbalance: none, loss (weighted) or sampler."),
+    weights: Optional[Path] = typer.Option(None, help="Local weights to start from (torchvision/timm/edgeres)."),
+    freeze: Optional[str] = typer.Option(None, help="Freeze stages up to and including this one, e.g. layer3."),
+    in_chans: Optional[int] = typer.Option(None, help="Input channels (default: the data's own)."),
+    split: Optional[str] = typer.Option(None, help="train,val,test fractions for a folder without splits."),
+    augment: bool = typer.Option(True, help="Augment the training split."),
+    skip_bad: bool = typer.Option(False, help="Skip unreadable images (and count them) instead of failing."),
+    seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch."),
+) -> None:
+    """Train a classifier; the best checkpoint and its test metrics go to --out."""
+    from edgeres.data import DataConfig
+    from edgeres.train.config import TrainConfig
+    from edgeres.train.loop import train
+
+    data_cfg = DataConfig(source=data, img_size=img_size, in_chans=in_chans, split=_split(split), seed=seed,
+                          augment=augment, skip_bad=skip_bad)
+    cfg = TrainConfig(model=model, data=data_cfg, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
+                      optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
+                      weights=str(weights) if weights else None, freeze=freeze, seed=seed, threads=threads,
+                      resume=resume)
+    result = train(cfg)
+    if result.metrics:
+        _metrics_table(f"{model} -> {out}", result.metrics)
+        console.print(f"best epoch {result.best_epoch}; wrote {out}/model.safetensors, model.json, metrics.json, "
+                      "confusion_test.png, curves.png")
+
+
+def _metrics_table(title: str, metrics: dict) -> None:
+    rows = [(split, m["n"], m["accuracy"], m["macro_f1"], m["auc"]) for split, m in metrics.items()]
+    print_table(title, ["split", "images", "accuracy", "macro F1", "AUC"], rows)
+
+
+@app.command("eval")
+def eval_cmd(
+    path: Path = typer.Argument(..., help="A checkpoint directory or an exported .onnx/.xml/.engine file."),
+    data: Optional[str] = typer.Option(None, help="Data to evaluate on (default: what the model was trained on)."),
+    out: Optional[Path] = typer.Option(None, help="Where metrics.json goes (default: beside the artifact)."),
+    backend: Optional[str] = typer.Option(None, help="torch, onnxruntime, openvino or tensorrt (default: by file)."),
+    precision: Optional[str] = typer.Option(None, help="Ask the runtime for a precision, e.g. fp32."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    batch_size: int = typer.Option(64, help="Images per inference call."),
+) -> None:
+    """Measure an artifact's accuracy, per-class metrics, AUC and confusion matrix on its test split."""
+    from edgeres.evaluate import evaluate_artifact
+
+    metrics, written = evaluate_artifact(path, data=data, out=out, backend=backend, precision=precision,
+                                         threads=threads, batch_size=batch_size)
+    _metrics_table(str(path), metrics)
+    console.print(f"wrote {written}")
+
+
+def main() -> None:
+    """Entry point: bad input exits 2 with its message, never a traceback."""
+    setup_logging()
+    try:
+        app(standalone_mode=False)
+    except UserInputError as e:
+        fail(str(e))
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        fail("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        fail("interrupted; a training run continues with --resume")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Evaluation: the metrics of any artifact, measured under its own runtime on its own test split."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from edgeres.checkpoint import is_checkpoint
+from edgeres.data import DataConfig, load_data
+from edgeres.errors import UserInputError
+from edgeres.evaluate.classify import Predictions, evaluate_runner, predict, write_metrics
+from edgeres.evaluate.metrics import classification_metrics
+
+
+def data_config_for(meta, data: str | None = None) -> DataConfig:
+    """The data an artifact was trained on (from its metadata), or `data` at the artifact's input size."""
+    if meta.data:
+        cfg = DataConfig.from_dict(meta.data)
+        return dataclasses.replace(cfg, source=data) if data else cfg
+    if not data:
+        raise UserInputError("this model records no training data; pass --data (a built-in name or a folder)")
+    return DataConfig(source=data, img_size=meta.img_size, in_chans=meta.in_chans)
+
+
+def default_eval_dir(path: str | Path) -> Path:
+    """Checkpoints keep their metrics inside; an exported file gets `<name>.eval/` beside it."""
+    p = Path(path)
+    return p if is_checkpoint(p) and p.is_dir() else p.parent / f"{p.name}.eval"
+
+
+def evaluate_artifact(path: str | Path, data: str | None = None, out: str | Path | None = None,
+                      backend: str | None = None, precision: str | None = None, threads: int | None = None,
+                      batch_size: int = 64, progress=None) -> tuple[dict[str, Any], Path]:
+    """Evaluate a checkpoint or exported file on its test and val splits; write metrics.json and plots."""
+    from edgeres import runtime
+
+    runner = runtime.load(path, backend=backend, precision=precision, threads=threads)
+    bundle = load_data(data_config_for(runner.meta, data))
+    metrics, _ = evaluate_runner(runner, bundle, batch_size=batch_size, progress=progress)
+    written = write_metrics(metrics, runner.info.to_dict(), out or default_eval_dir(path), bundle.class_names)
+    return metrics, written
+
+
+__all__ = ["Predictions", "classification_metrics", "data_config_for", "evaluate_artifact", "evaluate_runner",
+           "predict", "write_metrics"]

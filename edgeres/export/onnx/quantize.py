@@ -1,0 +1,262 @@
+"""Static INT8 post-training quantization of an edgeres ONNX export into QDQ form (ONNX Runtime tooling).
+
+Two modes:
+  "cpu"       int8 activations with a zero point, symmetric per-channel int8 weights; runs in ONNX Runtime.
+  "tensorrt"  what TensorRT's explicit quantization accepts: signed int8 activations and weights, symmetric
+              (every zero point 0), per-channel weight scales, float bias, Q/DQ only around ops TensorRT
+              fuses with them. The file is still a plain ONNX model, so ONNX Runtime can check it here.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from edgeres.artifacts import atomic_path, sha256_file
+from edgeres.errors import UserInputError
+from edgeres.export.onnx.convert import INPUT_NAME, input_shape
+
+MODES = ("cpu", "tensorrt")
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# TensorRT fuses Q/DQ into weighted layers, residual adds and pooling; Q/DQ elsewhere (for example on an Add
+# of a scalar constant) either fails to parse or forces extra reformatting, so the TensorRT mode stops here.
+TENSORRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
+                     "GlobalAveragePool")
+GATE_OPS = frozenset({"Sigmoid", "HardSigmoid"})
+# The arithmetic an attention branch computes its statistics with (SimAM's energy: mean, centring,
+# square, variance, division). A gate's branch is walked back through these ops only.
+BRANCH_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs",
+                        "ReduceMean", "ReduceSum", "ReduceSumSquare"})
+QUANT_KEY = "edgeres_quantization"
+
+
+def quantize_onnx(
+    onnx_fp32: str | Path,
+    out: str | Path,
+    calibration: Sequence[np.ndarray],
+    *,
+    mode: str = "cpu",
+    method: str = "minmax",
+    per_channel: bool = True,
+    keep_attention_float: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+    op_types_to_exclude: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Quantize an fp32 edgeres ONNX file to static INT8 QDQ, calibrated on float32 NCHW batches.
+
+    keep_attention_float: keep the gates and energy terms `find_attention_nodes` finds in float.
+    nodes_to_exclude / op_types_to_exclude: further node names / op types to keep in float.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if mode not in MODES:
+        raise UserInputError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
+    if method not in METHODS:
+        raise UserInputError(f"unknown calibration method {method!r}; choose one of {sorted(METHODS)}")
+    onnx_fp32, out = Path(onnx_fp32), Path(out)
+    source = onnx.load(str(onnx_fp32))
+    batches = _calibration_batches(calibration, input_shape(source))
+    tensorrt = mode == "tensorrt"
+    with tempfile.TemporaryDirectory(prefix="edgeres-quant-") as tmp:
+        prepared = _preprocess(onnx_fp32, Path(tmp) / "prepared.onnx")
+        proto = onnx.load(str(prepared))
+        kept = _float_nodes(proto, keep_attention_float, nodes_to_exclude, op_types_to_exclude)
+        extra = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True}
+        if tensorrt:
+            # TensorRT takes bias in float and fuses it itself; an int32 DequantizeLinear bias fails to parse.
+            extra["QuantizeBias"] = False
+        quantized = Path(tmp) / "quantized.onnx"
+        quantize_static(
+            str(prepared), str(quantized), _Reader(batches),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=per_channel, reduce_range=False,
+            op_types_to_quantize=list(TENSORRT_OP_TYPES) if tensorrt else None,
+            nodes_to_exclude=kept,
+            calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+            extra_options=extra,
+        )
+        result = onnx.load(str(quantized))
+    record = {
+        "mode": mode,
+        "method": method,
+        "calibration_samples": int(sum(len(b) for b in batches)),
+        "calibration_batches": len(batches),
+        "per_channel": per_channel,
+        "symmetric": {"activations": tensorrt, "weights": True},
+        "activation_type": "int8",
+        "weight_type": "int8",
+        "quantize_bias": not tensorrt,
+        "op_types": list(TENSORRT_OP_TYPES) if tensorrt else "all supported",
+        "kept_in_float": kept,
+        "nodes": len(result.graph.node),
+        "source": str(onnx_fp32),
+    }
+    _copy_metadata(source, result, record)
+    if tensorrt and (problems := tensorrt_qdq_problems(result)):
+        raise RuntimeError(f"the TensorRT QDQ model breaks TensorRT's rules: {'; '.join(problems[:5])}")
+    onnx.checker.check_model(result)
+    with atomic_path(out) as tmp_path:
+        onnx.save(result, str(tmp_path))
+        record["validation"] = _agreement(onnx_fp32, tmp_path, batches[0])
+    record.update(path=str(out), bytes=out.stat().st_size, sha256=sha256_file(out))
+    return record
+
+
+def find_attention_nodes(proto: Any) -> list[str]:
+    """Names of the nodes that quantize badly, found by op pattern: gates, the Mul they feed, their branch, Softmax.
+
+    A gate is a Sigmoid/HardSigmoid. If a Mul multiplies a tensor x by it, the Mul is kept, and so is the
+    arithmetic between x and the gate (SimAM's ReduceMean/Sub/Pow/ReduceSum/Div/Add chain); the walk stops at
+    x itself and at any op outside BRANCH_OPS, so an SE block's 1x1 convolutions stay quantized.
+    """
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    kept: dict[str, None] = {}  # insertion-ordered set
+    for node in proto.graph.node:
+        if node.op_type == "Softmax":
+            kept[node.name] = None
+        if node.op_type not in GATE_OPS:
+            continue
+        kept[node.name] = None
+        for mul in (c for c in consumers[node.output[0]] if c.op_type == "Mul"):
+            kept[mul.name] = None
+            gated = {t for t in mul.input if t != node.output[0]}
+            for branch_node in _branch(node.input[0], gated, producer):
+                kept[branch_node.name] = None
+    return list(kept)
+
+
+def tensorrt_qdq_problems(proto: Any) -> list[str]:
+    """Ways a QDQ model breaks TensorRT explicit quantization: zero points, types, bias, axes. Empty is good."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    problems = []
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        scale = inits.get(node.input[1])
+        zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero is None or zero.data_type != TensorProto.INT8:
+            kind = "no zero point" if zero is None else TensorProto.DataType.Name(zero.data_type)
+            problems.append(f"{node.name}: zero point must be an int8 initializer, found {kind}")
+        elif np.any(numpy_helper.to_array(zero) != 0):
+            problems.append(f"{node.name}: zero point is not 0 (TensorRT quantizes symmetrically)")
+        if scale is None or np.any(numpy_helper.to_array(scale) <= 0):
+            problems.append(f"{node.name}: scale must be a positive constant")
+        elif scale.dims and not (node.op_type == "DequantizeLinear" and node.input[0] in inits):
+            problems.append(f"{node.name}: per-channel scales on an activation (only weights may be per-channel)")
+        data = inits.get(node.input[0])
+        if data is not None and data.data_type == TensorProto.INT32:
+            problems.append(f"{node.name}: int32 (bias) dequantization; TensorRT wants float bias")
+    return problems
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of batches."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self._iter: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iter, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def _calibration_batches(calibration: Sequence[np.ndarray], shape: list[int | None]) -> list[np.ndarray]:
+    """Check the batches against the model input and re-cut them to its batch size if that is fixed."""
+    if not calibration:
+        raise UserInputError("INT8 calibration needs at least one batch of inputs; got none")
+    expected = tuple(shape[1:])
+    for i, batch in enumerate(calibration):
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.float32 or batch.ndim != 4 \
+                or tuple(batch.shape[1:]) != expected:
+            got = (f"{batch.dtype} array of shape {batch.shape}" if isinstance(batch, np.ndarray)
+                   else type(batch).__name__)
+            raise UserInputError(f"calibration batch {i} must be a float32 NCHW array (N, {', '.join(map(str, expected))}); got {got}")
+    if shape[0] is None:
+        return [np.ascontiguousarray(b) for b in calibration]
+    samples = np.concatenate(calibration)
+    fixed = shape[0]
+    if len(samples) < fixed:
+        raise UserInputError(f"the model takes batches of {fixed}; calibration has only {len(samples)} samples")
+    return [samples[i:i + fixed] for i in range(0, len(samples) - fixed + 1, fixed)]
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's pre-processing (shape inference, optimisation), then names for any unnamed node."""
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+    proto = onnx.load(str(dst))
+    # nodes_to_exclude matches by name, so every node needs a unique one.
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def _float_nodes(proto: Any, attention: bool, names: Sequence[str], op_types: Sequence[str]) -> list[str]:
+    known = {node.name for node in proto.graph.node}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise UserInputError(f"nodes_to_exclude names nodes the graph lacks: {unknown[:5]}; "
+                             f"names look like {sorted(known)[:3]}")
+    kept = dict.fromkeys(find_attention_nodes(proto) if attention else [])
+    kept.update(dict.fromkeys(names))
+    kept.update(dict.fromkeys(n.name for n in proto.graph.node if n.op_type in set(op_types)))
+    return list(kept)
+
+
+def _branch(start: str, stops: set[str], producer: dict[str, Any]) -> Iterator[Any]:
+    """Nodes of BRANCH_OPS reachable backwards from tensor `start` without crossing a tensor in `stops`."""
+    stack, visited = [start], set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in stops or tensor in visited or tensor not in producer:
+            continue
+        visited.add(tensor)
+        node = producer[tensor]
+        if node.op_type in BRANCH_OPS:
+            yield node
+            stack.extend(node.input)
+
+
+def _copy_metadata(source: Any, result: Any, record: dict[str, Any]) -> None:
+    # ONNX Runtime's tools drop metadata_props; the runner needs them to know what it runs.
+    props = {p.key: p.value for p in source.metadata_props}
+    props[QUANT_KEY] = json.dumps({k: v for k, v in record.items() if k != "source"})
+    del result.metadata_props[:]
+    for key, value in props.items():
+        entry = result.metadata_props.add()
+        entry.key, entry.value = key, value
+    result.producer_name = "edgeres"
+
+
+def _agreement(fp32: Path, int8: Path, batch: np.ndarray) -> dict[str, Any]:
+    """fp32 vs int8 outputs on one batch, judged with the int8 tolerance (recorded, not enforced)."""
+    import onnxruntime as ort
+
+    from edgeres.export.validate import TOLERANCES, compare_outputs, judge
+
+    def run(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {INPUT_NAME: batch})[0]
+
+    stats = compare_outputs(run(fp32), run(int8))
+    stats["on"] = "first calibration batch"
+    stats["failures"] = judge(stats, TOLERANCES["int8"])
+    return stats

@@ -1,0 +1,118 @@
+"""Convert a PyTorch model to OpenVINO IR (.xml + .bin) carrying its edgeres metadata."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeres.checkpoint import ModelMeta
+from edgeres.errors import UserInputError
+
+PRECISIONS = ("fp32", "fp16")
+RT_KEY = "edgeres"  # rt_info section: edgeres/meta (JSON of ModelMeta.to_dict()), edgeres/source_sha256, ...
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def export_openvino(
+    model: nn.Module,
+    meta: ModelMeta,
+    out_xml: str | Path,
+    *,
+    precision: str = "fp32",
+    dynamic_batch: bool = True,
+    source_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Convert `model` to IR at `out_xml`; fp16 stores weights in fp16 (compute precision is the runtime's)."""
+    import openvino as ov
+
+    if precision not in PRECISIONS:
+        raise UserInputError(f"OpenVINO export precision must be one of {PRECISIONS}, got {precision!r} "
+                             "(int8 comes from edgeres.export.openvino.quantize)")
+    out_xml = xml_path(out_xml)
+    c, h, w = meta.input_shape
+    batch = -1 if dynamic_batch else 1
+    example = torch.zeros(1, c, h, w)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO's TorchScript path still calls torch.jit.trace, which torch now flags as deprecated.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
+            ov_model = ov.convert_model(model, example_input=example, input=[([batch, c, h, w], ov.Type.f32)])
+    finally:
+        model.train(was_training)
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    record = {
+        "format": "openvino",
+        "precision": precision,
+        "dynamic_batch": dynamic_batch,
+        "input_shape": [None if dynamic_batch else 1, c, h, w],
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "openvino_version": ov.get_version(),
+        "source_sha256": source_sha256,
+    }
+    set_edgeres_info(ov_model, meta, {k: record[k] for k in ("precision", "source_sha256", "openvino_version")})
+    save_ir(ov_model, out_xml, compress_to_fp16=(precision == "fp16"))
+    record.update(path=str(out_xml), bin_path=str(out_xml.with_suffix(".bin")))
+    return record
+
+
+def set_edgeres_info(ov_model: Any, meta: ModelMeta, fields: dict[str, Any]) -> None:
+    """Store the metadata a Runner needs in the model's rt_info, so the .xml alone describes the model."""
+    ov_model.set_rt_info(json.dumps(meta.to_dict(), default=str), [RT_KEY, "meta"])
+    for key, value in fields.items():
+        # rt_info holds strings; "" stands for None so every key is always present.
+        ov_model.set_rt_info("" if value is None else str(value), [RT_KEY, key])
+
+
+def read_edgeres_info(ov_model: Any, path: str | Path = "model") -> tuple[ModelMeta, dict[str, str | None]]:
+    """The ModelMeta and other edgeres fields stored in an IR; UserInputError when it has none."""
+    if not ov_model.has_rt_info([RT_KEY, "meta"]):
+        raise UserInputError(f"{path}: not an edgeres export (its rt_info has no '{RT_KEY}/meta' entry); "
+                             "export the checkpoint with `edgeres export --to openvino`")
+    try:
+        meta = ModelMeta.from_dict(json.loads(ov_model.get_rt_info([RT_KEY, "meta"]).astype(str)))
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"{path}: the edgeres metadata in its rt_info is not valid JSON ({e})") from e
+    section = ov_model.get_rt_info()[RT_KEY]
+    fields = {key: value.astype(str) for key, value in section.items() if key != "meta"}
+    return meta, {key: value or None for key, value in fields.items()}
+
+
+def save_ir(ov_model: Any, out_xml: Path, *, compress_to_fp16: bool) -> None:
+    """Save .xml + .bin so that an interrupted save never leaves an .xml pointing at a wrong .bin."""
+    import openvino as ov
+
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_xml.stem}.", dir=out_xml.parent) as tmp:
+        tmp_xml = Path(tmp) / out_xml.name
+        ov.save_model(ov_model, tmp_xml, compress_to_fp16=compress_to_fp16)
+        # The .xml is what marks the artifact as present: drop the old one first, move it in last.
+        out_xml.unlink(missing_ok=True)
+        os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
+        os.replace(tmp_xml, out_xml)
+
+
+def check_ir_path(path: str | Path) -> Path:
+    """`path` as an existing IR: an .xml file with its .bin beside it, else UserInputError."""
+    xml = xml_path(path)
+    for p in (xml, xml.with_suffix(".bin")):
+        if not p.is_file():
+            raise UserInputError(f"{p}: no such file (an OpenVINO IR is an .xml with its .bin beside it)")
+    return xml
+
+
+def xml_path(path: str | Path) -> Path:
+    """`path` if it names an .xml file (existing or not), else UserInputError."""
+    p = Path(path)
+    if p.suffix != ".xml":
+        raise UserInputError(f"{path}: an OpenVINO IR path must end in .xml (its weights go beside it in .bin)")
+    return p

@@ -1,0 +1,306 @@
+"""Post-training INT8 quantization of an OpenVINO IR with NNCF, keeping attention gates in float."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from edgeres.errors import UserInputError
+from edgeres.export.openvino.convert import (check_ir_path, read_edgeres_info, save_ir, set_edgeres_info,
+                                            xml_path)
+
+PRESETS = ("performance", "mixed")
+_GATES = {"Sigmoid", "HSigmoid"}
+# Ops between a gate and the tensor it multiplies that change only the gate's layout.
+_LAYOUT = {"Reshape", "Unsqueeze", "Squeeze", "Broadcast", "Convert", "Tile"}
+# Parameter-free math that computes a gate from its input (SimAM's energy term and the like).
+_GATE_MATH = {"ReduceMean", "ReduceSum", "ReduceMax", "Subtract", "Power", "SquaredDifference", "Divide",
+              "Add", "Multiply", "Sqrt", "Exp", "Clamp", "Maximum", "Minimum", "Negative", "Abs"}
+_WEIGHTED = {"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"}
+_MAX_GATE_OPS = 24  # a longer chain means the walk left the gate and entered the network
+
+
+def find_attention(ov_model: Any) -> list[dict[str, Any]]:
+    """Attention sites that quantize badly, found by op pattern: sigmoid gates with their math, and Softmax.
+
+    Each site: {"kind": "sigmoid-gate" | "softmax", "nodes": [op names], "op_types": [...]}.
+    """
+    sites = []
+    for op in ov_model.get_ordered_ops():
+        kind = op.get_type_name()
+        if kind == "Softmax" or kind == "SoftMax":
+            nodes = [op]
+        elif kind in _GATES:
+            multiply, gated = _gated_multiply(op)
+            if multiply is None:
+                continue  # a sigmoid that scales nothing is an output or activation, not a gate
+            nodes = [*_gate_math(op, gated), op, multiply]
+        else:
+            continue
+        sites.append({
+            "kind": "softmax" if kind in ("Softmax", "SoftMax") else "sigmoid-gate",
+            "nodes": [n.get_friendly_name() for n in nodes],
+            "op_types": sorted({n.get_type_name() for n in nodes}),
+        })
+    return sites
+
+
+def quantize_openvino(
+    fp32_xml: str | Path,
+    calib_batches: Sequence[np.ndarray],
+    out_xml: str | Path,
+    *,
+    ignored_attention: bool = True,
+    preset: str = "performance",
+    subset_size: int = 300,
+    fast_bias_correction: bool = True,
+) -> dict[str, Any]:
+    """INT8-quantize a float IR with nncf.quantize; calibration batches are normalised NCHW float32."""
+    import nncf
+
+    model, meta, fields, xml = _read_float_ir(fp32_xml)
+    out_xml = xml_path(out_xml)
+    dataset, samples = _calibration(model, calib_batches, subset_size)
+    sites, scope = _ignored_scope(model, ignored_attention)
+    start = time.perf_counter()
+    quantized = nncf.quantize(model, dataset, **_nncf_args(preset, samples, fast_bias_correction, scope, nncf))
+    seconds = time.perf_counter() - start
+    _save_quantized(quantized, meta, fields, samples, out_xml)
+    return _record(xml, out_xml, quantized, preset, samples, sites, seconds)
+
+
+def quantize_openvino_with_accuracy_control(
+    fp32_xml: str | Path,
+    calib_batches: Sequence[np.ndarray],
+    val_batches: Sequence[tuple[np.ndarray, np.ndarray]],
+    out_xml: str | Path,
+    max_drop: float = 0.01,
+    *,
+    ignored_attention: bool = True,
+    preset: str = "performance",
+    subset_size: int = 300,
+    max_reverted: int | None = None,
+) -> dict[str, Any]:
+    """INT8 with nncf.quantize_with_accuracy_control: reverts the most sensitive layers to float
+    until top-1 accuracy on `val_batches` ((images, labels) pairs) drops by at most `max_drop`
+    (absolute, as a fraction: 0.01 is one percentage point)."""
+    import nncf
+
+    if not 0.0 <= max_drop < 1.0:
+        raise UserInputError(f"max_drop is an absolute top-1 drop as a fraction in [0, 1), got {max_drop}")
+    model, meta, fields, xml = _read_float_ir(fp32_xml)
+    out_xml = xml_path(out_xml)
+    dataset, samples = _calibration(model, calib_batches, subset_size)
+    val_items = _validation_items(model, val_batches)
+    sites, scope = _ignored_scope(model, ignored_attention)
+    restorer = {} if max_reverted is None else {"max_num_iterations": max_reverted}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        # NNCF saves its first, fully quantized model here: the diff with the result names what it reverted.
+        params = nncf.AdvancedAccuracyRestorerParameters(intermediate_model_dir=tmp, **restorer)
+        quantized = nncf.quantize_with_accuracy_control(
+            model, dataset, nncf.Dataset(val_items, lambda item: item[0]), _top1_accuracy,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=params,
+            **_nncf_args(preset, samples, True, scope, nncf),
+        )
+        first = _core().read_model(Path(tmp) / "intermediate_model.xml")
+        reverted = sorted(quantized_ops(first) - quantized_ops(quantized))
+    seconds = time.perf_counter() - start
+    _save_quantized(quantized, meta, fields, samples, out_xml)
+    record = _record(xml, out_xml, quantized, preset, samples, sites, seconds)
+    record.update(max_drop=max_drop, validation_samples=int(sum(len(y) for _, y in val_items)),
+                  reverted_by_nncf=reverted)
+    return record
+
+
+def quantized_ops(ov_model: Any) -> set[str]:
+    """Names of ops fed by a quantizer: a FakeQuantize or an int8 weight with its dequantize chain."""
+    names = set()
+    for op in ov_model.get_ops():
+        if op.get_type_name() in ("FakeQuantize", "Constant") or _is_dequantize(op):
+            continue
+        if any(_from_quantizer(i.get_source_output().get_node()) for i in op.inputs()):
+            names.add(op.get_friendly_name())
+    return names
+
+
+def float_layers(ov_model: Any) -> list[str]:
+    """Convolution and MatMul ops that run in float in a quantized IR."""
+    quantized = quantized_ops(ov_model)
+    return sorted(op.get_friendly_name() for op in ov_model.get_ops()
+                  if op.get_type_name() in _WEIGHTED and op.get_friendly_name() not in quantized)
+
+
+def _gated_multiply(gate: Any) -> tuple[Any, Any]:
+    """The Multiply a gate scales, and the node producing the tensor it scales; (None, None) if none."""
+    frontier, seen = [gate], set()
+    while frontier:
+        node = frontier.pop()
+        for out in node.outputs():
+            for target in out.get_target_inputs():
+                user = target.get_node()
+                if user.get_type_name() == "Multiply":
+                    other = user.input(1 - target.get_index()).get_source_output().get_node()
+                    return user, other
+                if user.get_type_name() in _LAYOUT and id(user) not in seen:
+                    seen.add(id(user))
+                    frontier.append(user)
+    return None, None
+
+
+def _gate_math(gate: Any, gated: Any) -> list[Any]:
+    """The parameter-free ops computing `gate` from `gated` (SimAM's energy); stops at weighted layers."""
+    found, frontier = {}, [gate]
+    while frontier:
+        node = frontier.pop()
+        for inp in node.inputs():
+            src = inp.get_source_output().get_node()
+            if src is gated or src.get_friendly_name() in found or not _is_gate_math(src):
+                continue
+            found[src.get_friendly_name()] = src
+            frontier.append(src)
+            if len(found) > _MAX_GATE_OPS:
+                return []
+    return list(found.values())
+
+
+def _is_gate_math(node: Any) -> bool:
+    if node.get_type_name() not in _GATE_MATH or not node.get_output_element_type(0).is_real():
+        return False
+    sources = [i.get_source_output().get_node() for i in node.inputs()]
+    # A bias Add belongs to its Convolution/MatMul, which stays quantized.
+    return not (node.get_type_name() == "Add" and any(s.get_type_name() in _WEIGHTED for s in sources))
+
+
+def _from_quantizer(node: Any) -> bool:
+    if node.get_type_name() == "FakeQuantize":
+        return True
+    if _is_dequantize(node):
+        return any(_from_quantizer(i.get_source_output().get_node()) or _is_low_bit_constant(
+            i.get_source_output().get_node()) for i in node.inputs())
+    return False
+
+
+def _is_dequantize(node: Any) -> bool:
+    """Convert/Subtract/Multiply/Reshape on a weight: int8 constant -> Convert -> (- zero point) * scale."""
+    if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape"):
+        return False
+    sources = [i.get_source_output().get_node() for i in node.inputs()]
+    return any(_is_low_bit_constant(s) or (_is_dequantize(s) and s is not node) for s in sources[:1])
+
+
+def _is_low_bit_constant(node: Any) -> bool:
+    return node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+
+
+def _ignored_scope(model: Any, enabled: bool) -> tuple[list[dict[str, Any]], Any]:
+    import nncf
+
+    sites = find_attention(model) if enabled else []
+    names = sorted({n for site in sites for n in site["nodes"]})
+    return sites, (nncf.IgnoredScope(names=names) if names else None)
+
+
+def _nncf_args(preset: str, samples: int, fast_bias_correction: bool, scope: Any, nncf: Any) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise UserInputError(f"quantization preset must be one of {PRESETS}, got {preset!r}")
+    return {"preset": nncf.QuantizationPreset(preset), "subset_size": samples,
+            "fast_bias_correction": fast_bias_correction, "ignored_scope": scope,
+            "target_device": nncf.TargetDevice.CPU}
+
+
+def _read_float_ir(path: str | Path) -> tuple[Any, Any, dict[str, Any], Path]:
+    from edgeres.runtime.openvino import ir_precision
+
+    xml = check_ir_path(path)
+    model = _core().read_model(xml)
+    meta, fields = read_edgeres_info(model, xml)
+    if ir_precision(model)["int8"]:
+        raise UserInputError(f"{xml}: already quantized; quantize the float (fp32) IR instead")
+    return model, meta, {k: v for k, v in fields.items() if k == "source_sha256"}, xml
+
+
+def _calibration(model: Any, batches: Sequence[np.ndarray], subset_size: int) -> tuple[Any, int]:
+    """An nncf.Dataset of single samples (or of the IR's static batch), and how many samples it uses."""
+    import nncf
+
+    if subset_size < 1:
+        raise UserInputError(f"subset_size must be positive, got {subset_size}")
+    images = _stack(model, batches, "calibration batch")
+    n = model.input(0).get_partial_shape()[0]
+    step = n.get_length() if n.is_static else 1
+    # Per-sample items give per-sample statistics, which NNCF recommends over batchwise ones.
+    items = [images[i:i + step] for i in range(0, min(len(images), subset_size) - step + 1, step)]
+    if not items:
+        raise UserInputError(f"need at least {step} calibration samples for this static-batch IR, got {len(images)}")
+    return nncf.Dataset(items), len(items) * step
+
+
+def _validation_items(model: Any, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = list(pairs)
+    if not pairs or any(not isinstance(p, tuple) or len(p) != 2 for p in pairs):
+        raise UserInputError("validation data must be a non-empty list of (images, labels) pairs")
+    images = _stack(model, [x for x, _ in pairs], "validation batch")
+    labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in pairs]).astype(np.int64)
+    if len(labels) != len(images):
+        raise UserInputError(f"validation has {len(images)} images but {len(labels)} labels")
+    n = model.input(0).get_partial_shape()[0]
+    if n.is_dynamic:
+        return [(np.ascontiguousarray(x), np.asarray(y).reshape(-1)) for x, y in pairs]
+    step = n.get_length()  # a static-batch IR takes exactly its batch size; the remainder is dropped
+    return [(images[i:i + step], labels[i:i + step]) for i in range(0, len(images) - step + 1, step)]
+
+
+def _top1_accuracy(compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
+    correct = total = 0
+    for images, labels in items:
+        logits = compiled(images)[0]
+        correct += int((logits.argmax(1) == labels).sum())
+        total += len(labels)
+    return correct / max(total, 1)
+
+
+def _stack(model: Any, batches: Sequence[np.ndarray], what: str) -> np.ndarray:
+    expected = tuple(d.get_length() for d in list(model.input(0).get_partial_shape())[1:])
+    if not len(batches):
+        raise UserInputError(f"no {what}es given")
+    for b in batches:
+        if not isinstance(b, np.ndarray) or b.ndim != 4 or b.shape[1:] != expected or b.dtype != np.float32:
+            raise UserInputError(f"each {what} must be a float32 numpy array of shape (N, {', '.join(map(str, expected))}), "
+                                 f"got {getattr(b, 'dtype', type(b).__name__)} {getattr(b, 'shape', '')}")
+    return np.ascontiguousarray(np.concatenate(batches))
+
+
+def _save_quantized(quantized: Any, meta: Any, fields: dict[str, Any], samples: int, out_xml: Path) -> None:
+    import nncf
+    import openvino as ov
+
+    set_edgeres_info(quantized, meta, {**fields, "precision": "int8", "calibration_samples": samples,
+                                       "openvino_version": ov.get_version(), "nncf_version": nncf.__version__})
+    # Keep the layers NNCF left in float at fp32: fp16 weights there would blur what "int8" executes.
+    save_ir(quantized, out_xml, compress_to_fp16=False)
+
+
+def _record(xml: Path, out_xml: Path, quantized: Any, preset: str, samples: int,
+            sites: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    import nncf
+    import openvino as ov
+
+    ignored = sorted({n for site in sites for n in site["nodes"]})
+    return {
+        "format": "openvino", "precision": "int8", "path": str(out_xml), "bin_path": str(out_xml.with_suffix(".bin")),
+        "source_ir": str(xml), "preset": preset, "calibration_samples": samples,
+        "attention_sites": len(sites), "ignored_attention": ignored,
+        "float_layers": float_layers(quantized), "seconds": round(seconds, 2),
+        "openvino_version": ov.get_version(), "nncf_version": nncf.__version__,
+    }
+
+
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()

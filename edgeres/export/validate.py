@@ -1,0 +1,53 @@
+"""Compare an exported model's outputs with the source model's on the same inputs."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """What an export must meet to count as valid. INT8 is judged on agreement, not on exact values."""
+
+    max_abs_diff: float | None = 1e-3
+    min_cosine: float = 0.999
+    min_top1_agreement: float = 1.0
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_abs_diff=1e-3, min_cosine=0.99999, min_top1_agreement=1.0),
+    "fp16": Tolerance(max_abs_diff=5e-2, min_cosine=0.999, min_top1_agreement=0.98),
+    "int8": Tolerance(max_abs_diff=None, min_cosine=0.95, min_top1_agreement=0.9),
+}
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """Max abs diff, mean cosine similarity per sample, and top-1 agreement of two logit arrays."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    cand = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
+    if ref.shape != cand.shape:
+        raise ValueError(f"output shapes differ: reference {ref.shape}, candidate {cand.shape}")
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+    return {
+        "samples": int(len(ref)),
+        "max_abs_diff": float(np.abs(ref - cand).max()),
+        "mean_abs_diff": float(np.abs(ref - cand).mean()),
+        "cosine_min": float(cosine.min()),
+        "cosine_mean": float(cosine.mean()),
+        "top1_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()),
+    }
+
+
+def judge(stats: dict[str, Any], tolerance: Tolerance) -> list[str]:
+    """Reasons the comparison fails `tolerance`; an empty list means it passes."""
+    reasons = []
+    if tolerance.max_abs_diff is not None and stats["max_abs_diff"] > tolerance.max_abs_diff:
+        reasons.append(f"max abs diff {stats['max_abs_diff']:.3g} > {tolerance.max_abs_diff:g}")
+    if stats["cosine_mean"] < tolerance.min_cosine:
+        reasons.append(f"mean cosine {stats['cosine_mean']:.6f} < {tolerance.min_cosine}")
+    if stats["top1_agreement"] < tolerance.min_top1_agreement:
+        reasons.append(f"top-1 agreement {stats['top1_agreement']:.3f} < {tolerance.min_top1_agreement}")
+    return reasons

@@ -1,0 +1,86 @@
+"""The model registry: a variant is a name bound to a builder and its arguments."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from functools import partial
+from typing import Any, Callable
+
+from torch import nn
+
+from edgeres.errors import UserInputError
+
+from edgeres.models.fusion import ASFFResNet
+from edgeres.models.resnet import ResNet
+from edgeres.models.resnet_v2 import ResNetV2
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_VARIANT_ARGS: dict[str, dict[str, Any]] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], **variant_args: Any) -> None:
+    """Register `builder(**variant_args, **user_args)` under `name`; a name registers once."""
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = partial(builder, **variant_args)
+    _VARIANT_ARGS[name] = dict(variant_args)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names, sorted, optionally filtered by a shell-style pattern such as '*se*'."""
+    names = sorted(_MODELS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def variant_args(name: str) -> dict[str, Any]:
+    """The builder arguments that define variant `name`."""
+    _check_name(name)
+    return dict(_VARIANT_ARGS[name])
+
+
+def _check_name(name: str) -> None:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserInputError(f"unknown model {name!r}{hint} (`edgeres models` lists all {len(_MODELS)})")
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """Build variant `name` with fresh weights; kwargs override the variant's arguments."""
+    _check_name(name)
+    try:
+        return _MODELS[name](**kwargs)
+    except TypeError as e:
+        raise UserInputError(f"bad arguments for model {name!r}: {e}") from e
+
+
+_R18, _R34, _R50 = (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 6, 3)
+_TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8)
+_SE = dict(attn_layer="se")
+_SIMAM = dict(attn_layer="simam", attn_site="conv")
+
+_RESNETS = {
+    "resnet18": dict(block="basic", layers=_R18),
+    "resnet34": dict(block="basic", layers=_R34),
+    "resnet50": dict(block="bottleneck", layers=_R50),
+    "resnet101": dict(block="bottleneck", layers=(3, 4, 23, 3)),
+    "resnet152": dict(block="bottleneck", layers=(3, 8, 36, 3)),
+}
+for _name, _args in _RESNETS.items():
+    register_model(_name, ResNet, **_args)
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
+    register_model(f"se_{_name}", ResNet, **_RESNETS[_name], **_SE)
+for _name in ("resnet18", "resnet50"):
+    register_model(f"simam_{_name}", ResNet, **_RESNETS[_name], **_SIMAM)
+register_model("resnet50v2", ResNetV2, layers=_R50)
+register_model("se_resnet50v2", ResNetV2, layers=_R50, **_SE)
+register_model("asff_resnet50", ASFFResNet, block="bottleneck", layers=_R50)
+
+# Tiny variants, one per family, so tests sweep the whole zoo in seconds.
+register_model("test_resnet", ResNet, block="basic", **_TINY)
+register_model("test_resnet_bottleneck", ResNet, block="bottleneck", **_TINY)
+register_model("test_se_resnet", ResNet, block="basic", **_TINY, attn_layer="se", attn_kwargs={"reduction": 4})
+register_model("test_simam_resnet", ResNet, block="basic", **_TINY, **_SIMAM)
+register_model("test_resnet_v2", ResNetV2, **_TINY)
+register_model("test_se_resnet_v2", ResNetV2, **_TINY, attn_layer="se", attn_kwargs={"reduction": 4})
+register_model("test_asff_resnet", ASFFResNet, block="bottleneck", **_TINY, fuse_channels=32, fuse_compress=4)

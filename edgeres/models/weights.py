@@ -1,0 +1,111 @@
+"""Load local weight files (torchvision, timm or edgeres format) into a zoo model, for transfer learning."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeres.errors import UserInputError
+
+log = logging.getLogger("edgeres")
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What happened to the weights: what loaded, what was re-initialised or adapted, and why."""
+
+    source: str
+    loaded: int = 0
+    reinitialized: list[str] = dataclasses.field(default_factory=list)
+    adapted: list[str] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.loaded} tensors from {self.source}"]
+        if self.reinitialized:
+            parts.append(f"re-initialised {', '.join(self.reinitialized)} (class count differs)")
+        if self.adapted:
+            parts.append(f"adapted {', '.join(self.adapted)} to the input channel count")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from a checkpoint directory, .safetensors, or a torch file (weights_only, no code runs)."""
+    from edgeres.checkpoint import WEIGHTS_FILE, is_checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise UserInputError(f"weights file {path} does not exist")
+    if is_checkpoint(p):
+        p = (p if p.is_dir() else p.parent) / WEIGHTS_FILE
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign or unsafe files
+        raise UserInputError(f"{path}: not a loadable weights file ({type(e).__name__}: {str(e)[:200]}); "
+                             "expected a state dict in .pth/.pt/.bin, a .safetensors file or an edgeres checkpoint") from e
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserInputError(f"{path}: expected a state dict (names -> tensors), got {type(obj).__name__}")
+    return {_strip_prefix(k): v for k, v in obj.items()}
+
+
+def _strip_prefix(key: str) -> str:
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Fit a stem conv trained on RGB to `in_chans` inputs, keeping the response to a grey image."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load `path` into `model`: re-initialise a classifier of another class count, adapt the stem's channels."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    report = LoadReport(source=str(path))
+    classifier = getattr(model, "classifier_name", "fc")
+    for key in list(state):
+        if key not in own or state[key].shape == own[key].shape:
+            continue
+        if key.startswith(classifier + "."):
+            del state[key]
+            report.reinitialized.append(key)
+        elif state[key].ndim == 4 and state[key].shape[0] == own[key].shape[0] and key == _stem_key(model):
+            state[key] = _adapt_stem(state[key], own[key].shape[1])
+            report.adapted.append(key)
+        else:
+            raise UserInputError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, the model expects "
+                                 f"{tuple(own[key].shape)}; are these weights for another architecture?")
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
+               and not any(k == r for r in report.reinitialized)]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserInputError(f"{path}: weights do not fit this model: {len(missing)} missing (e.g. {missing[:3]}), "
+                             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    model.load_state_dict(state, strict=False)
+    report.loaded = len(state)
+    log.info(report.summary())
+    return report
+
+
+def _stem_key(model: nn.Module) -> str:
+    first_conv = next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    return f"{first_conv}.weight"

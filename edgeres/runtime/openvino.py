@@ -1,0 +1,123 @@
+"""OpenVINO backend: runs an edgeres OpenVINO IR (.xml + .bin) on the CPU plugin."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeres.errors import UserInputError
+from edgeres.export.openvino.convert import check_ir_path, read_edgeres_info
+from edgeres.runtime.base import Runner, RunnerInfo
+
+# edgeres precision name -> the CPU plugin's INFERENCE_PRECISION_HINT value.
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_HINT_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+_LOW_BIT_TYPES = {"i8", "u8", "i4", "u4"}
+
+
+class OpenVinoRunner(Runner):
+    """An IR compiled for CPU with a LATENCY hint; one InferRequest reused across calls.
+
+    `precision`: None runs the plugin's default (bf16 on CPUs with native bf16/AMX, else fp32);
+    "fp32", "bf16" or "fp16" set INFERENCE_PRECISION_HINT; "int8" accepts only a quantized IR.
+    `info.precision` says what executes, as reported by the compiled model, not what was asked:
+      "fp32" / "bf16" / "fp16"      float IR, computed in that precision;
+      "fp16-weights/fp32" (or /bf16) weights stored in fp16 (compress_to_fp16), computed in fp32 (bf16);
+      "int8"                        quantized IR (FakeQuantize), the layers left in float run fp32;
+      "int8/bf16" (or /fp16)        quantized IR, the layers left in float run bf16 (fp16);
+      "int8-weights/fp32" (...)     weights compressed to int8/int4 only, activations in float.
+    """
+
+    def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None):
+        import openvino as ov
+
+        xml = check_ir_path(path)
+        core = ov.Core()
+        try:
+            model = core.read_model(xml)
+        except RuntimeError as e:
+            raise UserInputError(f"{xml}: OpenVINO cannot read this IR: {str(e).strip().splitlines()[0]}") from e
+        self.meta, fields = read_edgeres_info(model, xml)
+        graph = ir_precision(model)
+        config = _compile_config(xml, precision, threads, graph["int8"])
+        compiled = core.compile_model(model, "CPU", config)
+        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+        self._compiled = compiled
+        # Creating a request per call costs more than the 3% overhead budget at batch 1; reuse one.
+        self._request = compiled.create_infer_request()
+        self.info = RunnerInfo(
+            backend="openvino",
+            precision=execution_precision(hint, int8=graph["int8"], fp16_weights=graph["fp16_weights"],
+                                          int8_weights=graph["int8_weights"]),
+            device="CPU: " + str(core.get_property("CPU", "FULL_DEVICE_NAME")),
+            threads=int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            input_shape=_input_shape(model, xml),
+            path=str(xml),
+            versions={"openvino": ov.get_version()},
+            extra={
+                "requested_precision": precision,
+                "inference_precision_hint": hint,
+                "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+                **graph,
+                **{f"export_{k}": v for k, v in fields.items()},
+            },
+        )
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self._request.infer({0: batch}, share_inputs=True)
+        # The request's output buffer is overwritten by the next call: hand out a copy.
+        return self._request.get_output_tensor(0).data.copy()
+
+
+def ir_precision(model: Any) -> dict[str, bool]:
+    """What the IR's graph holds: FakeQuantize (int8), fp16 weight constants, low-bit weight constants."""
+    int8 = fp16 = low_bit = False
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind == "FakeQuantize":
+            int8 = True
+        elif kind == "Constant":
+            etype = op.get_element_type().get_type_name()
+            fp16 = fp16 or etype == "f16"
+            low_bit = low_bit or etype in _LOW_BIT_TYPES
+    return {"int8": int8, "fp16_weights": fp16, "int8_weights": low_bit and not int8}
+
+
+def execution_precision(hint: str, *, int8: bool, fp16_weights: bool, int8_weights: bool = False) -> str:
+    """The label for what executes (see OpenVinoRunner) from the compiled hint and the IR's contents."""
+    compute = _HINT_NAMES.get(hint, hint)
+    if int8:
+        return "int8" if compute == "fp32" else f"int8/{compute}"
+    if int8_weights:
+        return f"int8-weights/{compute}"
+    if fp16_weights and compute != "fp16":
+        return f"fp16-weights/{compute}"
+    return compute
+
+
+def _compile_config(xml: Path, precision: str | None, threads: int | None, int8: bool) -> dict[str, Any]:
+    choices = (None, "int8", *PRECISION_HINTS)
+    if precision not in choices:
+        raise UserInputError(f"OpenVINO precision must be one of {choices}, got {precision!r}")
+    if precision == "int8" and not int8:
+        raise UserInputError(f"{xml}: precision 'int8' needs a quantized IR (edgeres.export.openvino.quantize); "
+                             "this one holds no FakeQuantize")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UserInputError(f"threads must be a positive integer, got {threads!r}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if precision in PRECISION_HINTS:
+        config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
+    return config
+
+
+def _input_shape(model: Any, xml: Path) -> tuple[int | None, int, int, int]:
+    if len(model.inputs) != 1:
+        raise UserInputError(f"{xml}: expected one input, the IR has {len(model.inputs)}")
+    shape = model.input(0).get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or any(d.is_dynamic for d in list(shape)[1:]):
+        raise UserInputError(f"{xml}: expected an NCHW input with static C, H, W, got {shape}")
+    n, c, h, w = (d.get_length() if d.is_static else None for d in shape)
+    return n, c, h, w

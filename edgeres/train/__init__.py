@@ -1,0 +1,1 @@
+"""Training: classification loop, resumable state, distributed launch."""

@@ -1,0 +1,236 @@
+"""Classification training: seeded, resumable, early-stopping, DDP-ready; evaluation through a Runner."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from edgeres.artifacts import read_json, write_json
+from edgeres.checkpoint import META_FILE, ModelMeta, checkpoint_sha256, is_checkpoint, save_checkpoint
+from edgeres.data import DataBundle, class_weights, load_data, make_sampler
+from edgeres.errors import UserInputError
+from edgeres.models import create
+from edgeres.train.config import TrainConfig
+from edgeres.train.distributed import DistContext, init_distributed, shutdown
+from edgeres.train.state import load_state, save_state
+from edgeres.ui import progress_bar
+
+log = logging.getLogger("edgeres")
+
+#: criterion(logits, targets, images) -> loss; distillation passes one that also asks a teacher.
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+
+
+def _build_optimizer(cfg: TrainConfig, model: nn.Module):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserInputError(f"freeze={cfg.freeze!r} leaves no parameter to train")
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    elif cfg.scheduler == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.3, patience=2)
+    else:
+        sched = None
+    return opt, sched
+
+
+def _train_loader(cfg: TrainConfig, bundle: DataBundle, ctx: DistContext, epoch: int) -> DataLoader:
+    dataset = bundle.dataset("train")
+    g = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
+    if ctx.enabled:
+        if cfg.balance == "sampler":
+            raise UserInputError("balance='sampler' is not available under torchrun; use balance='loss'")
+        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, cfg.batch_size, sampler=sampler)
+    if cfg.balance == "sampler":
+        return DataLoader(dataset, cfg.batch_size, sampler=make_sampler(bundle.labels("train"),
+                          len(bundle.class_names), cfg.seed * 10_007 + epoch))
+    return DataLoader(dataset, cfg.batch_size, shuffle=True, generator=g)
+
+
+def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progress=None) -> tuple[float, float]:
+    """One pass over `loader`; returns mean loss and accuracy on the (augmented) training batches."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, targets in loader:
+        logits = model(images)
+        loss = criterion(logits, targets, images)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = len(targets)
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += n
+        if progress is not None:
+            progress(n, loss=loss.item())
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, bundle: DataBundle, batch_size: int) -> tuple[float, float]:
+    """Cross-entropy and accuracy on the validation split, un-augmented."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in bundle.batches("val", batch_size):
+        logits = model(torch.from_numpy(x))
+        target = torch.from_numpy(y).long()
+        total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+        correct += int((logits.argmax(1) == target).sum())
+        seen += len(y)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _prepare_out(cfg: TrainConfig) -> dict[str, Any] | None:
+    """Refuse to overwrite a finished run; return the saved state when resuming."""
+    out = cfg.out_dir
+    if cfg.resume:
+        state = load_state(out / "last")
+        if state is None:
+            raise UserInputError(f"--resume: {out} holds no saved training state to continue from")
+        saved = read_json(out / "train.json")
+        for key in ("model", "data", "model_kwargs", "seed", "batch_size", "optimizer", "scheduler"):
+            if saved.get(key) != cfg.to_dict().get(key):
+                raise UserInputError(f"--resume: {key} differs from the interrupted run "
+                                     f"({saved.get(key)!r} there, {cfg.to_dict().get(key)!r} now)")
+        return state
+    if is_checkpoint(out) or (out / "last").exists():
+        raise UserInputError(f"{out} already holds a training run; pass --resume to continue it "
+                             "or choose another --out")
+    return None
+
+
+def make_meta(cfg: TrainConfig, bundle: DataBundle, parent: str | None = None) -> ModelMeta:
+    return ModelMeta(arch=cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
+                     arch_kwargs=dict(cfg.model_kwargs), img_size=bundle.img_size, mean=tuple(bundle.mean),
+                     std=tuple(bundle.std), class_names=list(bundle.class_names), data=bundle.config.to_dict(),
+                     parent_sha256=parent)
+
+
+def default_criterion(cfg: TrainConfig, bundle: DataBundle) -> Criterion:
+    weight = class_weights(bundle.labels("train"), len(bundle.class_names)) if cfg.balance == "loss" else None
+    ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    return lambda logits, targets, images: ce(logits, targets)
+
+
+def train(cfg: TrainConfig, model: nn.Module | None = None, criterion: Criterion | None = None,
+          meta: ModelMeta | None = None, bundle: DataBundle | None = None) -> TrainResult:
+    """Train `cfg.model` (or the given `model`) on `cfg.data`; write the best checkpoint and its metrics to cfg.out."""
+    ctx = init_distributed()
+    try:
+        return _train(cfg, ctx, model, criterion, meta, bundle)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    state = _prepare_out(cfg) if ctx.is_main or cfg.resume else None
+    ctx.barrier()
+    bundle = bundle or load_data(cfg.data)
+    if model is None:
+        model = create(cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
+                       weights=cfg.weights, freeze=cfg.freeze, **cfg.model_kwargs)
+    parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
+    meta = meta or make_meta(cfg, bundle, parent)
+    criterion = criterion or default_criterion(cfg, bundle)
+    optimizer, scheduler = _build_optimizer(cfg, model)
+    history: list[dict[str, Any]] = []
+    best = {"val_loss": math.inf, "epoch": -1}
+    start, bad_epochs = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history, best, bad_epochs, start = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
+        log.info("resuming %s at epoch %d/%d", cfg.out, start + 1, cfg.epochs)
+    if ctx.is_main:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(cfg.out_dir / "train.json", cfg.to_dict())
+    net = ctx.wrap(model)
+    stopped_early = False
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 10_007 + epoch)  # augmentation draws depend on the epoch alone: resume is exact
+        loader = _train_loader(cfg, bundle, ctx, epoch)
+        with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader.sampler),
+                          enabled=ctx.is_main) as advance:
+            train_loss, train_acc = train_epoch(net, loader, optimizer, criterion, advance)
+        train_loss, train_acc = ctx.all_reduce_mean(train_loss), ctx.all_reduce_mean(train_acc)
+        val_loss, val_acc = validate(model, bundle, max(cfg.batch_size, 128))
+        lr = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_loss)
+        elif scheduler is not None:
+            scheduler.step()
+        row = dict(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
+                   val_accuracy=val_acc, lr=lr, seconds=round(time.perf_counter() - t0, 3))
+        history.append(row)
+        improved = val_loss < best["val_loss"]
+        if improved:
+            best, bad_epochs = {"val_loss": val_loss, "epoch": epoch + 1}, 0
+        else:
+            bad_epochs += 1
+        if ctx.is_main:
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs%s",
+                     epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc, lr, row["seconds"],
+                     "  *best" if improved else "")
+            if improved:
+                meta.history = {"best_epoch": epoch + 1, "epochs": history}
+                save_checkpoint(model, meta, cfg.out_dir)
+            save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "history": history, "best": best, "bad_epochs": bad_epochs, "epoch": epoch},
+                       cfg.out_dir / "last")
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped_early = True
+            log.info("early stop: val loss has not improved for %d epochs", bad_epochs)
+            break
+    ctx.barrier()
+    metrics = finalize_run(cfg.out_dir, history, bundle) if ctx.is_main else {}
+    return TrainResult(cfg.out_dir, metrics, history, best["epoch"], stopped_early)
+
+
+def finalize_run(out_dir: Path, history: list[dict[str, Any]], bundle: DataBundle) -> dict[str, Any]:
+    """Evaluate the best checkpoint through the same Runner `edgeres eval` uses; record metrics and plots."""
+    from edgeres import runtime
+    from edgeres.evaluate.classify import evaluate_runner, write_metrics
+    from edgeres.report.plots import plot_training_curves
+
+    runner = runtime.load(out_dir, backend="torch")
+    metrics, _ = evaluate_runner(runner, bundle)
+    write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names)
+    plot_training_curves(history, out_dir / "curves.png")
+    write_json(out_dir / "history.json", history)
+    meta = read_json(out_dir / META_FILE)
+    meta["metrics"] = {split: {k: m[k] for k in ("accuracy", "macro_f1", "auc", "n")} for split, m in metrics.items()}
+    write_json(out_dir / META_FILE, meta)
+    return metrics
+

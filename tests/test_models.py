@@ -1,0 +1,234 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from edgeres import load_checkpoint, save_checkpoint
+from edgeres.checkpoint import ModelMeta
+from edgeres.errors import UserInputError
+from edgeres.models import SimAM, SqueezeExcite, create, list_models, load_weights
+from edgeres.models.registry import variant_args
+
+# Every registered model needs a case here; test_registry_fully_covered fails otherwise.
+CASES = {
+    "resnet18": {}, "resnet34": {}, "resnet50": {}, "resnet101": {}, "resnet152": {},
+    "se_resnet18": {}, "se_resnet34": {}, "se_resnet50": {}, "se_resnet101": {},
+    "simam_resnet18": {}, "simam_resnet50": {},
+    "resnet50v2": {}, "se_resnet50v2": {}, "asff_resnet50": {},
+    "test_resnet": {}, "test_resnet_bottleneck": {}, "test_se_resnet": {}, "test_simam_resnet": {},
+    "test_resnet_v2": {}, "test_se_resnet_v2": {}, "test_asff_resnet": {},
+}
+TINY = [n for n in CASES if n.startswith("test_")]
+
+PUBLISHED_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet50": 25_557_032,
+    "se_resnet50": 28_088_024,
+    "simam_resnet18": 11_689_512,
+    "resnet50v2": 25_568_360,
+}
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_registry_fully_covered():
+    assert sorted(CASES) == list_models()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_shape_grayscale_small_input(name):
+    model = create(name, num_classes=3, in_chans=1, **CASES[name]).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 3)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name,count", sorted(PUBLISHED_PARAMS.items()))
+def test_published_parameter_counts(name, count):
+    assert n_params(create(name)) == count
+
+
+def test_plain_resnets_match_torchvision_parameter_counts():
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+        assert n_params(create(name)) == n_params(getattr(torchvision.models, name)()), name
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_torchvision_weights_give_identical_outputs(name, tmp_path):
+    reference = getattr(torchvision.models, name)().eval()
+    # Non-trivial BN statistics, so a wrongly mapped buffer would show in the outputs.
+    for m in reference.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create(name, weights=path).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+
+
+def test_transfer_learning_reinitialises_classifier(tmp_path):
+    source = create("test_resnet", num_classes=10)
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = create("test_resnet", num_classes=4)
+    report = load_weights(target, path)
+    assert report.reinitialized == ["fc.weight", "fc.bias"]
+    assert torch.equal(target.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert target.fc.weight.shape == (4, 64)
+
+
+def test_rgb_weights_adapt_to_grayscale_stem(tmp_path):
+    source = create("test_resnet").eval()
+    path = tmp_path / "w.pth"
+    torch.save(source.state_dict(), path)
+    gray = create("test_resnet", in_chans=1, weights=path).eval()
+    x = torch.rand(1, 1, 32, 32)
+    # A grey image repeated over RGB must give the same response as the summed stem filter.
+    with torch.no_grad():
+        torch.testing.assert_close(gray(x), source(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(create("test_resnet_bottleneck").state_dict(), path)
+    with pytest.raises(UserInputError, match="another architecture|do not fit"):
+        create("test_resnet", weights=path)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": create("test_resnet")}, path)  # a whole pickled module, not a state dict
+    with pytest.raises(UserInputError, match="not a loadable weights file|expected a state dict"):
+        create("test_resnet", weights=path)
+
+
+def test_freeze_up_to_stage_keeps_bn_statistics():
+    model = create("test_resnet", num_classes=3, freeze="layer3")
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(n.split(".")[0] in {"conv1", "bn1", "layer1", "layer2", "layer3"} for n in frozen)
+    assert {n.split(".")[0] for n in trainable} == {"layer4", "fc"}
+    model.train()
+    before = model.layer2[0].bn1.running_mean.clone()
+    model(torch.randn(4, 3, 32, 32))
+    assert torch.equal(model.layer2[0].bn1.running_mean, before)
+    assert model.layer4.training and not model.layer3.training
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(UserInputError, match="se_resnet18"):
+        create("se_resnet81")
+    with pytest.raises(ValueError):  # UserInputError is a ValueError, as the design promises
+        create("nope")
+
+
+def test_unknown_freeze_stage_is_refused():
+    with pytest.raises(UserInputError, match="layer4"):
+        create("test_resnet", freeze="layer9")
+
+
+def test_list_models_pattern():
+    assert list_models("simam_*") == ["simam_resnet18", "simam_resnet50"]
+
+
+def _call_order(block: nn.Module, x: torch.Tensor) -> list[str]:
+    order = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+             for n, m in block.named_children() if n != "relu"]
+    block(x)
+    for h in hooks:
+        h.remove()
+    return order
+
+
+def test_se_sits_after_last_bn_before_add():
+    block = create("se_resnet18").layer1[0]
+    assert _call_order(block, torch.randn(1, 64, 8, 8)) == ["conv1", "bn1", "conv2", "bn2", "se"]
+    assert block.se.fc1.out_channels == 64 // 16
+
+
+def test_simam_sits_after_3x3_conv_before_its_bn():
+    basic = create("simam_resnet18").layer1[0]
+    assert _call_order(basic, torch.randn(1, 64, 8, 8)) == ["conv1", "bn1", "conv2", "attn", "bn2"]
+    bottleneck = create("simam_resnet50").layer1[0]
+    assert _call_order(bottleneck, torch.randn(1, 64, 8, 8))[:5] == ["downsample", "conv1", "bn1", "conv2", "attn"]
+
+
+def test_simam_matches_its_formula():
+    x = torch.randn(2, 3, 5, 4)
+    lam = 1e-3
+    mu = x.mean(dim=(2, 3), keepdim=True)
+    var = ((x - mu) ** 2).sum(dim=(2, 3), keepdim=True) / (5 * 4 - 1)
+    expected = x * torch.sigmoid((x - mu) ** 2 / (4 * (var + lam)) + 0.5)
+    torch.testing.assert_close(SimAM(3, lambda_=lam)(x), expected)
+    assert n_params(SimAM(3)) == 0
+
+
+def test_attention_contract_shape():
+    x = torch.randn(2, 32, 7, 7)
+    for module in (SqueezeExcite(32), SimAM(32)):
+        assert module(x).shape == x.shape
+
+
+def test_resnet50v2_keras_strides():
+    model = create("resnet50v2")
+    for stage in ("layer1", "layer2", "layer3"):
+        blocks = getattr(model, stage)
+        assert [b.conv2.stride[0] for b in blocks] == [1] * (len(blocks) - 1) + [2]
+    assert all(b.conv2.stride[0] == 1 for b in model.layer4)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_asff_fuses_two_levels():
+    model = create("asff_resnet50", num_classes=2)
+    assert model.fusion.weight_levels.out_channels == 2
+    assert model.fusion.weight_levels in model.prune_ignored()
+    assert variant_args("asff_resnet50")["block"] == "bottleneck"
+
+
+def test_asff_weights_sum_to_one_per_pixel():
+    fusion = create("test_asff_resnet").fusion.eval()
+    a, b = torch.ones(1, 128, 4, 4), torch.ones(1, 256, 2, 2)
+    out = fusion([a, b])
+    assert out.shape == (1, 32, 2, 2)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_checkpoint_round_trip_identical(name, tmp_path):
+    model = create(name, num_classes=4, in_chans=1).eval()
+    meta = ModelMeta(arch=name, num_classes=4, in_chans=1, img_size=32, class_names=list("abcd"))
+    save_checkpoint(model, meta, tmp_path / "ckpt")
+    loaded, meta2 = load_checkpoint(tmp_path / "ckpt")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert meta2.class_names == list("abcd") and meta2.pruned_shapes is None
+    assert not any(p.suffix in {".pt", ".pth", ".pkl"} for p in (tmp_path / "ckpt").iterdir())
+
+
+def test_checkpoint_with_narrowed_layer_round_trips(tmp_path):
+    # A hand-narrowed layer stands in for pruning: the shapes in model.json rebuild it.
+    model = create("test_resnet", num_classes=3).eval()
+    block = model.layer2[0]
+    block.conv1 = nn.Conv2d(8, 8, 3, 2, 1, bias=False)
+    block.bn1 = nn.BatchNorm2d(8)
+    block.conv2 = nn.Conv2d(8, 16, 3, 1, 1, bias=False)
+    model.eval()
+    meta = ModelMeta(arch="test_resnet", num_classes=3, img_size=32)
+    save_checkpoint(model, meta, tmp_path / "p")
+    loaded, meta2 = load_checkpoint(tmp_path / "p")
+    assert meta2.pruned_shapes["layer2.0.conv1.weight"] == [8, 8, 3, 3]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match="model.safetensors"):
+        load_checkpoint(tmp_path)
