@@ -113,29 +113,60 @@ def eval_cmd(
     console.print(f"wrote {written}")
 
 
+def _csv(text: str, option: str) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise UserInputError(f"{option} takes a comma-separated list, got {text!r}")
+    return values
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint directory to export."),
+    to: str = typer.Option("onnx,openvino", help="Formats: onnx, openvino, tensorrt (comma-separated)."),
+    precision: str = typer.Option("fp32", help="Precisions: fp32, fp16, int8 (comma-separated)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: CHECKPOINT/exports)."),
+    calib_data: Optional[str] = typer.Option(None, help="Calibration data (default: the checkpoint's own)."),
+    calib_size: int = typer.Option(300, help="Training-split images used to calibrate int8."),
+    max_drop: Optional[float] = typer.Option(None, help="OpenVINO int8: keep sensitive layers in float "
+                                                        "until accuracy drops at most this many points."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    dynamic_batch: bool = typer.Option(True, help="Dynamic batch dimension (else batch 1)."),
+    attention_float: bool = typer.Option(True, help="Keep SE gates / SimAM energy / softmax in float in int8."),
+) -> None:
+    """Export to ONNX / OpenVINO / TensorRT; each file is validated against PyTorch before it is kept."""
+    from edgeres.export import ExportConfig, export_checkpoint
+
+    config = ExportConfig(formats=_csv(to, "--to"), precisions=_csv(precision, "--precision"), opset=opset,
+                          dynamic_batch=dynamic_batch, calib_data=calib_data, calib_size=calib_size,
+                          max_drop=max_drop, keep_attention_float=attention_float)
+    out = out or checkpoint / "exports"
+    with progress_bar("exporting", total=None) as advance:
+        document = export_checkpoint(checkpoint, out, config, progress=lambda what: advance(0, step=what))
+    rows = []
+    for e in document["artifacts"] + document["failed"]:
+        v = e.get("validation") or {}
+        rows.append((Path(e["file"]).name, e["backend"], e["precision"], e["status"], e.get("bytes"),
+                     v.get("max_abs_diff"), v.get("top1_agreement")))
+    print_table(f"exports of {checkpoint} -> {out}", ["file", "backend", "precision", "status", "bytes",
+                                                      "max abs diff", "top-1 agree"], rows)
+    console.print(f"wrote {out / 'export.json'}")
+    if document["failed"]:
+        fail(f"{len(document['failed'])} export(s) failed validation; they were moved to {out / 'failed'}")
+        raise typer.Exit(1)
+
+
 def main() -> None:
-    """Entry point: bad input exits 2 with its message, never a traceback."""
+    """Entry point: bad input exits 2 with its message, never a traceback; usage errors exit 2 too."""
     setup_logging()
     try:
-        app(standalone_mode=False)
+        app()
     except UserInputError as e:
         fail(str(e))
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        fail("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         fail("interrupted; a training run continues with --resume")
         sys.exit(130)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

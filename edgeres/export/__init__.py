@@ -1,0 +1,251 @@
+"""Export a checkpoint to edge formats; every file is validated against the PyTorch model before it is kept."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgeres.artifacts import sha256_file, write_json
+from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
+from edgeres.errors import UserInputError
+
+log = logging.getLogger("edgeres")
+
+FORMATS = ("onnx", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_FILE = "export.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    formats: tuple[str, ...] = ("onnx", "openvino")
+    precisions: tuple[str, ...] = ("fp32",)
+    opset: int = 17
+    dynamic_batch: bool = True
+    calib_data: str | None = None       # default: the checkpoint's own training data
+    calib_size: int = 300               # images from the training split (never the test split)
+    max_drop: float | None = None       # accuracy points: OpenVINO int8 with NNCF's accuracy control
+    keep_attention_float: bool = True   # SE gates, SimAM energy, softmax stay in float in int8 models
+    validate_size: int = 64             # validation-split images compared against PyTorch
+    trt_max_batch: int = 8
+    trt_workspace_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        for field, values, allowed in (("formats", self.formats, FORMATS), ("precisions", self.precisions, PRECISIONS)):
+            bad = [v for v in values if v not in allowed]
+            if bad or not values:
+                raise UserInputError(f"{field} must be a non-empty subset of {list(allowed)}, got {list(values)}")
+        if self.calib_size < 1 or self.validate_size < 1:
+            raise UserInputError("calib_size and validate_size must be positive")
+        if self.max_drop is not None and not 0 <= self.max_drop < 100:
+            raise UserInputError(f"max_drop is in accuracy points (0-100), got {self.max_drop}")
+
+
+@dataclasses.dataclass
+class _Context:
+    model: torch.nn.Module
+    meta: Any
+    source: Path
+    source_sha256: str
+    out: Path
+    staging: Path
+    calib: list[np.ndarray]
+    val_batch: np.ndarray
+    val_pairs: list[tuple[np.ndarray, np.ndarray]]
+    reference: np.ndarray
+    config: ExportConfig
+
+
+def _prepare(ckpt: str | Path, out: Path, config: ExportConfig) -> _Context:
+    from edgeres.data import load_data
+    from edgeres.evaluate import data_config_for
+
+    source = checkpoint_dir(ckpt)
+    model, meta = load_checkpoint(source)
+    bundle = load_data(data_config_for(meta, config.calib_data))
+    calib = [x for x, _ in bundle.batches("train", 32, limit=config.calib_size)]
+    val_pairs = list(bundle.batches("val", 64))
+    val_batch = next(bundle.batches("val", config.validate_size))[0]
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(val_batch)).numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return _Context(model, meta, source, checkpoint_sha256(source), out, staging, calib, val_batch, val_pairs,
+                    reference, config)
+
+
+def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict[str, Any]:
+    """Run a staged file through its edgeres Runner on real images and judge it against PyTorch."""
+    from edgeres import runtime
+    from edgeres.export.validate import TOLERANCES, compare_outputs, judge
+
+    # fp32 files are checked in true fp32: a bf16 default would hide a broken export behind rounding.
+    runner = runtime.load(staged, backend=backend, precision="fp32" if precision == "fp32" else None)
+    batch = ctx.val_batch
+    if runner.info.input_shape[0] is not None:  # fixed-batch files are fed one fixed batch at a time
+        n = runner.info.input_shape[0]
+        outputs = np.concatenate([runner(batch[i:i + n]) for i in range(0, len(batch) - len(batch) % n, n)])
+        stats = compare_outputs(ctx.reference[: len(outputs)], outputs)
+    else:
+        stats = compare_outputs(ctx.reference, runner(batch))
+    tolerance = TOLERANCES[precision]
+    return {**stats, "executed_precision": runner.info.precision, "tolerance": dataclasses.asdict(tolerance),
+            "failures": judge(stats, tolerance), "inputs": "validation split"}
+
+
+def _publish(ctx: _Context, staged: list[Path]) -> list[Path]:
+    final = []
+    for p in staged:
+        dest = ctx.out / p.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        p.replace(dest)
+        final.append(dest)
+    return final
+
+
+def _float_onnx(ctx: _Context, dynamic_batch: bool) -> Path:
+    """The fp32 ONNX of this export run, made once (a file left by an earlier run is never reused)."""
+    from edgeres.export.onnx.convert import export_onnx
+
+    path = ctx.staging / ("float.dynamic.onnx" if dynamic_batch else "float.static.onnx")
+    if not path.exists():
+        export_onnx(ctx.model, ctx.meta, path, opset=ctx.config.opset, dynamic_batch=dynamic_batch,
+                    source_sha256=ctx.source_sha256)
+    return path
+
+
+def _onnx(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]]:
+    from edgeres.export.onnx.quantize import quantize_onnx
+
+    source = _float_onnx(ctx, ctx.config.dynamic_batch)
+    dst = ctx.staging / f"model.{precision}.onnx"
+    if precision == "fp32":
+        shutil.copyfile(source, dst)
+        return [dst], {"opset": ctx.config.opset, "dynamic_batch": ctx.config.dynamic_batch}
+    record = quantize_onnx(source, dst, ctx.calib, keep_attention_float=ctx.config.keep_attention_float)
+    return [dst], {"quantization": record}
+
+
+def _openvino(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]]:
+    from edgeres.export.openvino.convert import export_openvino
+    from edgeres.export.openvino.quantize import quantize_openvino, quantize_openvino_with_accuracy_control
+
+    xml = ctx.staging / f"model.{precision}.xml"
+    if precision in ("fp32", "fp16"):
+        record = export_openvino(ctx.model, ctx.meta, xml, precision=precision,
+                                 dynamic_batch=ctx.config.dynamic_batch, source_sha256=ctx.source_sha256)
+        return [xml, xml.with_suffix(".bin")], record
+    float_xml = ctx.staging / "float.tmp.xml"
+    export_openvino(ctx.model, ctx.meta, float_xml, precision="fp32", dynamic_batch=ctx.config.dynamic_batch,
+                    source_sha256=ctx.source_sha256)
+    if ctx.config.max_drop is not None:
+        record = quantize_openvino_with_accuracy_control(
+            float_xml, ctx.calib, ctx.val_pairs, xml, max_drop=ctx.config.max_drop / 100,
+            ignored_attention=ctx.config.keep_attention_float)
+    else:
+        record = quantize_openvino(float_xml, ctx.calib, xml, ignored_attention=ctx.config.keep_attention_float)
+    return [xml, xml.with_suffix(".bin")], {"quantization": record}
+
+
+def _tensorrt(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]]:
+    from edgeres.export.tensorrt.convert import prepare_tensorrt
+
+    bundle = ctx.staging / f"tensorrt-{precision}"
+    record = prepare_tensorrt(_float_onnx(ctx, True), bundle, precision=precision,
+                              calibration=ctx.calib if precision == "int8" else None,
+                              max_batch=ctx.config.trt_max_batch, workspace_mb=ctx.config.trt_workspace_mb)
+    return [bundle], record
+
+
+_EXPORTERS: dict[str, tuple[str, Callable[[_Context, str], tuple[list[Path], dict[str, Any]]]]] = {
+    "onnx": ("onnxruntime", _onnx),
+    "openvino": ("openvino", _openvino),
+    "tensorrt": ("tensorrt", _tensorrt),
+}
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = ExportConfig(),
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export `ckpt` to every (format, precision) in `config` under `out`; write and return export.json."""
+    out = Path(out)
+    ctx = _prepare(ckpt, out, config)
+    entries, failed = [], []
+    try:
+        for fmt in config.formats:
+            for precision in config.precisions:
+                if fmt == "onnx" and precision == "fp16":
+                    log.info("skipping onnx fp16: use openvino fp16 or a tensorrt fp16 engine")
+                    continue
+                if progress:
+                    progress(f"{fmt} {precision}")
+                entry = _export_one(ctx, fmt, precision)
+                (failed if entry["status"] == "failed" else entries).append(entry)
+    finally:
+        shutil.rmtree(ctx.staging, ignore_errors=True)
+    document = {
+        "source": str(ctx.source), "source_sha256": ctx.source_sha256, "arch": ctx.meta.arch,
+        "input_shape": list(ctx.meta.input_shape), "class_names": ctx.meta.class_names,
+        "calibration": {"data": (config.calib_data or (ctx.meta.data or {}).get("source")), "split": "train",
+                        "samples": int(sum(len(b) for b in ctx.calib))},
+        "validation": {"split": "val", "samples": int(len(ctx.val_batch))},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(), "config": dataclasses.asdict(config), "artifacts": entries, "failed": failed,
+    }
+    write_json(out / EXPORT_FILE, document)
+    return document
+
+
+def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
+    backend, exporter = _EXPORTERS[fmt]
+    staged, record = exporter(ctx, precision)
+    entry: dict[str, Any] = {"format": fmt, "backend": backend, "precision": precision, **record}
+    main = staged[0]
+    if fmt == "tensorrt":
+        entry["validation"] = record.get("quantization", {}).get("validation")
+        entry["note"] = "engine to be built on the target with build_engine.sh / build_engine.py"
+    else:
+        entry["validation"] = _validate(ctx, main, precision, backend)
+    if fmt != "tensorrt" and entry["validation"]["failures"]:
+        failed_dir = ctx.out / "failed"
+        failed_dir.mkdir(exist_ok=True)
+        for p in staged:
+            (ctx.out / p.name).unlink(missing_ok=True)  # an older file of that name would look current
+            p.replace(failed_dir / p.name)
+        entry.update(status="failed", file=str(failed_dir / main.name))
+        log.error("%s %s failed validation: %s", fmt, precision, "; ".join(entry["validation"]["failures"]))
+        return entry
+    final = _publish(ctx, staged)
+    entry.update(status="ok", file=str(final[0]), bytes=_size(final), sha256=sha256_file(final[0])
+                 if final[0].is_file() else None)
+    return entry
+
+
+def _size(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    return total
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("edgeres", "torch", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+__all__ = ["EXPORT_FILE", "ExportConfig", "FORMATS", "PRECISIONS", "export_checkpoint"]

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 from edgeres.artifacts import atomic_path  # noqa: E402
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Save a figure as PNG atomically and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -35,7 +36,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: list[str], p
     threshold = cm.max() / 2 if cm.size else 0
     for (i, j), v in np.ndenumerate(cm):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > threshold else "black", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
@@ -52,4 +53,4 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Pat
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

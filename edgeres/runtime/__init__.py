@@ -25,6 +25,9 @@ def detect_backend(path: str | Path) -> str:
         raise UserInputError(f"{path}: no such file or checkpoint directory")
     if is_checkpoint(p):
         return "torch"
+    if p.is_dir():
+        raise UserInputError(f"{path}: a folder but not an edgeres checkpoint (model.safetensors and model.json "
+                             "are missing)")
     if p.suffix in _BY_SUFFIX:
         return _BY_SUFFIX[p.suffix]
     raise UserInputError(

@@ -1,10 +1,16 @@
-"""ONNX Runtime backend (CPU): runs an edgeres ONNX export, fp32, fp16 or INT8 QDQ."""
+"""ONNX Runtime backend (CPU): runs an edgeres ONNX export, fp32, fp16 or INT8 QDQ.
+
+onnx and onnxruntime are imported here at the top: edgeres.runtime.load imports this module only when the
+backend is asked for, and turns a missing package into a message naming the extra to install.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from edgeres.errors import UserInputError
 from edgeres.export.onnx.convert import read_meta
@@ -15,15 +21,15 @@ _INT8_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
     "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QGemm", "DynamicQuantizeMatMul",
 })
-_FLOAT16 = 10  # onnx.TensorProto.FLOAT16, without importing onnx for one constant
 
 
 def graph_precision(proto: Any) -> str:
-    """"int8" if the graph quantizes, "fp16" if its float weights are half precision, else "fp32"."""
+    """What a graph computes in: int8 if it quantizes, fp16 if its float weights are mostly half, else fp32."""
     if any(node.op_type in _INT8_OPS for node in proto.graph.node):
         return "int8"
-    float_types = [t.data_type for t in proto.graph.initializer if t.data_type in (1, _FLOAT16)]
-    if float_types and float_types.count(_FLOAT16) * 2 > len(float_types):
+    half, single = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    float_types = [t.data_type for t in proto.graph.initializer if t.data_type in (half, single)]
+    if float_types and float_types.count(half) * 2 > len(float_types):
         return "fp16"
     return "fp32"
 
@@ -32,9 +38,6 @@ class OnnxRuntimeRunner(Runner):
     """An edgeres ONNX file in an onnxruntime InferenceSession on the CPU."""
 
     def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None):
-        import onnx
-        import onnxruntime as ort
-
         path = Path(path)
         if not path.is_file():
             raise UserInputError(f"{path}: no such ONNX file")

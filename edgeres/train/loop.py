@@ -38,8 +38,10 @@ class TrainResult:
     stopped_early: bool
 
 
-def _build_optimizer(cfg: TrainConfig, model: nn.Module):
+def _build_optimizer(cfg: TrainConfig, model: nn.Module, criterion: Criterion):
     params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(criterion, nn.Module):  # e.g. distillation adapters learn alongside the model
+        params += [p for p in criterion.parameters() if p.requires_grad]
     if not params:
         raise UserInputError(f"freeze={cfg.freeze!r} leaves no parameter to train")
     if cfg.optimizer == "sgd":
@@ -72,8 +74,9 @@ def _train_loader(cfg: TrainConfig, bundle: DataBundle, ctx: DistContext, epoch:
     return DataLoader(dataset, cfg.batch_size, shuffle=True, generator=g)
 
 
-def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progress=None) -> tuple[float, float]:
-    """One pass over `loader`; returns mean loss and accuracy on the (augmented) training batches."""
+def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion,
+                progress=None) -> tuple[float, float, int]:
+    """One pass over `loader`; returns mean loss, accuracy on the (augmented) batches, and images seen."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for images, targets in loader:
@@ -88,7 +91,7 @@ def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progr
         seen += n
         if progress is not None:
             progress(n, loss=loss.item())
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    return total_loss / max(seen, 1), correct / max(seen, 1), seen
 
 
 @torch.no_grad()
@@ -160,7 +163,7 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
     parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
     meta = meta or make_meta(cfg, bundle, parent)
     criterion = criterion or default_criterion(cfg, bundle)
-    optimizer, scheduler = _build_optimizer(cfg, model)
+    optimizer, scheduler = _build_optimizer(cfg, model, criterion)
     history: list[dict[str, Any]] = []
     best = {"val_loss": math.inf, "epoch": -1}
     start, bad_epochs = 0, 0
@@ -169,11 +172,13 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if isinstance(criterion, nn.Module) and state.get("criterion"):
+            criterion.load_state_dict(state["criterion"])
         history, best, bad_epochs, start = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
         log.info("resuming %s at epoch %d/%d", cfg.out, start + 1, cfg.epochs)
     if ctx.is_main:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(cfg.out_dir / "train.json", cfg.to_dict())
+        write_json(cfg.out_dir / "train.json", {**cfg.to_dict(), "world_size": ctx.world_size})
     net = ctx.wrap(model)
     stopped_early = False
     for epoch in range(start, cfg.epochs):
@@ -182,7 +187,7 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
         loader = _train_loader(cfg, bundle, ctx, epoch)
         with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader.sampler),
                           enabled=ctx.is_main) as advance:
-            train_loss, train_acc = train_epoch(net, loader, optimizer, criterion, advance)
+            train_loss, train_acc, seen = train_epoch(net, loader, optimizer, criterion, advance)
         train_loss, train_acc = ctx.all_reduce_mean(train_loss), ctx.all_reduce_mean(train_acc)
         val_loss, val_acc = validate(model, bundle, max(cfg.batch_size, 128))
         lr = optimizer.param_groups[0]["lr"]
@@ -191,7 +196,8 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
         elif scheduler is not None:
             scheduler.step()
         row = dict(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                   val_accuracy=val_acc, lr=lr, seconds=round(time.perf_counter() - t0, 3))
+                   val_accuracy=val_acc, lr=lr, samples_per_process=seen,
+                   seconds=round(time.perf_counter() - t0, 3))
         history.append(row)
         improved = val_loss < best["val_loss"]
         if improved:
@@ -207,6 +213,7 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
                 save_checkpoint(model, meta, cfg.out_dir)
             save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "criterion": criterion.state_dict() if isinstance(criterion, nn.Module) else None,
                         "history": history, "best": best, "bad_epochs": bad_epochs, "epoch": epoch},
                        cfg.out_dir / "last")
         if cfg.patience and bad_epochs >= cfg.patience:

@@ -113,7 +113,7 @@ def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, *, opset: 
                   exporter: str) -> None:
     names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     if exporter == "dynamo":
-        dims = {"x": {0: torch.export.Dim("batch")}} if dynamic_batch else None
+        dims = ({0: torch.export.Dim("batch")},) if dynamic_batch else None  # positional: any argument name
         torch.onnx.export(model, (sample,), str(path), dynamo=True, opset_version=max(opset, _DYNAMO_MIN_OPSET),
                           dynamic_shapes=dims, external_data=False, verbose=False, **names)
         return

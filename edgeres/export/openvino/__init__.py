@@ -1,0 +1,6 @@
+"""OpenVINO export: PyTorch -> IR (fp32 / fp16 weights) and NNCF INT8. OpenVINO and NNCF load lazily."""
+from edgeres.export.openvino.convert import export_openvino
+from edgeres.export.openvino.quantize import (find_attention, quantize_openvino,
+                                              quantize_openvino_with_accuracy_control)
+
+__all__ = ["export_openvino", "find_attention", "quantize_openvino", "quantize_openvino_with_accuracy_control"]

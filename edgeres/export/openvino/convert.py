@@ -1,4 +1,5 @@
-"""Convert a PyTorch model to OpenVINO IR (.xml + .bin) carrying its edgeres metadata."""
+"""Convert a PyTorch model to OpenVINO IR (.xml + .bin) carrying its edgeres metadata, and read an IR's
+metadata and quantization state back (shared by the quantizer and the Runner)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,14 @@ from edgeres.errors import UserInputError
 PRECISIONS = ("fp32", "fp16")
 RT_KEY = "edgeres"  # rt_info section: edgeres/meta (JSON of ModelMeta.to_dict()), edgeres/source_sha256, ...
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+_LOW_BIT_TYPES = {"i8", "u8", "i4", "u4"}
+WEIGHTED_OPS = {"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"}
+# Ops a quantizer passes through unchanged; they lose their input FakeQuantize when a neighbour is
+# reverted, but NNCF does not count them as reverted operations.
+_QUANTIZE_AGNOSTIC = {"MaxPool", "AdaptiveMaxPool", "ReduceMax", "Reshape", "Squeeze", "Unsqueeze", "Split",
+                      "VariadicSplit", "Transpose", "Tile", "StridedSlice", "ShuffleChannels", "Broadcast",
+                      "Pad", "Minimum", "Maximum", "ConvertLike", "Gather", "GatherND", "GatherElements",
+                      "DepthToSpace", "SpaceToDepth", "BatchToSpace", "SpaceToBatch"}
 
 
 def export_openvino(
@@ -116,3 +125,59 @@ def xml_path(path: str | Path) -> Path:
     if p.suffix != ".xml":
         raise UserInputError(f"{path}: an OpenVINO IR path must end in .xml (its weights go beside it in .bin)")
     return p
+
+
+def ir_precision(model: Any) -> dict[str, bool]:
+    """What the IR's graph holds: FakeQuantize (int8), fp16 weight constants, low-bit weight constants."""
+    int8 = fp16 = low_bit = False
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind == "FakeQuantize":
+            int8 = True
+        elif kind == "Constant":
+            etype = op.get_element_type().get_type_name()
+            fp16 = fp16 or etype == "f16"
+            low_bit = low_bit or etype in _LOW_BIT_TYPES
+    return {"int8": int8, "fp16_weights": fp16, "int8_weights": low_bit and not int8}
+
+
+def quantized_ops(ov_model: Any, agnostic: bool = True) -> set[str]:
+    """Names of ops fed by a quantizer (a FakeQuantize or an int8 weight's dequantize chain);
+    `agnostic=False` leaves out ops such as MaxPool or Reshape that only pass quantized values on."""
+    names = set()
+    for op in ov_model.get_ops():
+        if op.get_type_name() in ("FakeQuantize", "Constant") or _is_dequantize(op):
+            continue
+        if not agnostic and op.get_type_name() in _QUANTIZE_AGNOSTIC:
+            continue
+        if any(_from_quantizer(i.get_source_output().get_node()) for i in op.inputs()):
+            names.add(op.get_friendly_name())
+    return names
+
+
+def float_layers(ov_model: Any) -> list[str]:
+    """Convolution and MatMul ops that run in float in a quantized IR."""
+    quantized = quantized_ops(ov_model)
+    return sorted(op.get_friendly_name() for op in ov_model.get_ops()
+                  if op.get_type_name() in WEIGHTED_OPS and op.get_friendly_name() not in quantized)
+
+
+def _from_quantizer(node: Any) -> bool:
+    if node.get_type_name() == "FakeQuantize":
+        return True
+    if _is_dequantize(node):
+        return any(_from_quantizer(i.get_source_output().get_node()) or _is_low_bit_constant(
+            i.get_source_output().get_node()) for i in node.inputs())
+    return False
+
+
+def _is_dequantize(node: Any) -> bool:
+    """Convert/Subtract/Multiply/Reshape on a weight: int8 constant -> Convert -> (- zero point) * scale."""
+    if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape"):
+        return False
+    sources = [i.get_source_output().get_node() for i in node.inputs()]
+    return any(_is_low_bit_constant(s) or (_is_dequantize(s) and s is not node) for s in sources[:1])
+
+
+def _is_low_bit_constant(node: Any) -> bool:
+    return node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in _LOW_BIT_TYPES

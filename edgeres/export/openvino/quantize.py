@@ -9,8 +9,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from edgeres.errors import UserInputError
-from edgeres.export.openvino.convert import (check_ir_path, read_edgeres_info, save_ir, set_edgeres_info,
-                                            xml_path)
+from edgeres.export.openvino.convert import (WEIGHTED_OPS, check_ir_path, float_layers, ir_precision,
+                                            quantized_ops, read_edgeres_info, save_ir, set_edgeres_info, xml_path)
 
 PRESETS = ("performance", "mixed")
 _GATES = {"Sigmoid", "HSigmoid"}
@@ -19,33 +19,49 @@ _LAYOUT = {"Reshape", "Unsqueeze", "Squeeze", "Broadcast", "Convert", "Tile"}
 # Parameter-free math that computes a gate from its input (SimAM's energy term and the like).
 _GATE_MATH = {"ReduceMean", "ReduceSum", "ReduceMax", "Subtract", "Power", "SquaredDifference", "Divide",
               "Add", "Multiply", "Sqrt", "Exp", "Clamp", "Maximum", "Minimum", "Negative", "Abs"}
-_WEIGHTED = {"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"}
 _MAX_GATE_OPS = 24  # a longer chain means the walk left the gate and entered the network
 
 
 def find_attention(ov_model: Any) -> list[dict[str, Any]]:
     """Attention sites that quantize badly, found by op pattern: sigmoid gates with their math, and Softmax.
 
-    Each site: {"kind": "sigmoid-gate" | "softmax", "nodes": [op names], "op_types": [...]}.
+    Each site: {"kind": "sigmoid-gate" | "softmax", "nodes": op names found, "op_types": their types,
+    "ignore": the names to keep in float (see _safe_to_ignore for the ones left out)}.
     """
     sites = []
     for op in ov_model.get_ordered_ops():
         kind = op.get_type_name()
-        if kind == "Softmax" or kind == "SoftMax":
-            nodes = [op]
+        if kind == "Softmax":
+            nodes, ignore = [op], [op]
         elif kind in _GATES:
             multiply, gated = _gated_multiply(op)
-            if multiply is None:
-                continue  # a sigmoid that scales nothing is an output or activation, not a gate
+            # A sigmoid that scales nothing is an output; x * sigmoid(x) is the SiLU activation.
+            if multiply is None or op.input(0).get_source_output().get_node() is gated:
+                continue
             nodes = [*_gate_math(op, gated), op, multiply]
+            ignore = [n for n in nodes if _safe_to_ignore(n, gated)]
         else:
             continue
         sites.append({
-            "kind": "softmax" if kind in ("Softmax", "SoftMax") else "sigmoid-gate",
+            "kind": "softmax" if kind == "Softmax" else "sigmoid-gate",
             "nodes": [n.get_friendly_name() for n in nodes],
             "op_types": sorted({n.get_type_name() for n in nodes}),
+            "ignore": [n.get_friendly_name() for n in ignore],
         })
     return sites
+
+
+def _safe_to_ignore(node: Any, gated: Any) -> bool:
+    """False for ops reading the gated tensor straight from a bias-less Convolution/MatMul.
+
+    OpenVINO's CPU plugin (2026.4) miscomputes an int8 bias-less convolution whose output feeds
+    float (ignored) ops in a dynamic-batch model: outputs collapse towards zero. SimAM sits right
+    after conv2, before bn2, so this is the common case there. Letting NNCF quantize those readers
+    puts a FakeQuantize on the convolution output, which avoids it; the gate math stays float.
+    """
+    if gated.get_type_name() not in WEIGHTED_OPS:
+        return True
+    return all(i.get_source_output().get_node() is not gated for i in node.inputs())
 
 
 def quantize_openvino(
@@ -58,15 +74,16 @@ def quantize_openvino(
     subset_size: int = 300,
     fast_bias_correction: bool = True,
 ) -> dict[str, Any]:
-    """INT8-quantize a float IR with nncf.quantize; calibration batches are normalised NCHW float32."""
+    """INT8-quantize a float IR with nncf.quantize from the first `subset_size` calibration samples
+    (normalised NCHW float32 batches from the training split)."""
     import nncf
 
     model, meta, fields, xml = _read_float_ir(fp32_xml)
     out_xml = xml_path(out_xml)
-    dataset, samples = _calibration(model, calib_batches, subset_size)
+    dataset, items, samples = _calibration(model, calib_batches, subset_size)
     sites, scope = _ignored_scope(model, ignored_attention)
     start = time.perf_counter()
-    quantized = nncf.quantize(model, dataset, **_nncf_args(preset, samples, fast_bias_correction, scope, nncf))
+    quantized = nncf.quantize(model, dataset, **_nncf_args(preset, items, fast_bias_correction, scope, nncf))
     seconds = time.perf_counter() - start
     _save_quantized(quantized, meta, fields, samples, out_xml)
     return _record(xml, out_xml, quantized, preset, samples, sites, seconds)
@@ -88,12 +105,13 @@ def quantize_openvino_with_accuracy_control(
     until top-1 accuracy on `val_batches` ((images, labels) pairs) drops by at most `max_drop`
     (absolute, as a fraction: 0.01 is one percentage point)."""
     import nncf
+    import openvino as ov
 
     if not 0.0 <= max_drop < 1.0:
         raise UserInputError(f"max_drop is an absolute top-1 drop as a fraction in [0, 1), got {max_drop}")
     model, meta, fields, xml = _read_float_ir(fp32_xml)
     out_xml = xml_path(out_xml)
-    dataset, samples = _calibration(model, calib_batches, subset_size)
+    dataset, items, samples = _calibration(model, calib_batches, subset_size)
     val_items = _validation_items(model, val_batches)
     sites, scope = _ignored_scope(model, ignored_attention)
     restorer = {} if max_reverted is None else {"max_num_iterations": max_reverted}
@@ -105,34 +123,16 @@ def quantize_openvino_with_accuracy_control(
             model, dataset, nncf.Dataset(val_items, lambda item: item[0]), _top1_accuracy,
             max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
             advanced_accuracy_restorer_parameters=params,
-            **_nncf_args(preset, samples, True, scope, nncf),
+            **_nncf_args(preset, items, True, scope, nncf),
         )
-        first = _core().read_model(Path(tmp) / "intermediate_model.xml")
-        reverted = sorted(quantized_ops(first) - quantized_ops(quantized))
+        first = ov.Core().read_model(Path(tmp) / "intermediate_model.xml")
+        reverted = sorted(quantized_ops(first, agnostic=False) - quantized_ops(quantized, agnostic=False))
     seconds = time.perf_counter() - start
     _save_quantized(quantized, meta, fields, samples, out_xml)
     record = _record(xml, out_xml, quantized, preset, samples, sites, seconds)
     record.update(max_drop=max_drop, validation_samples=int(sum(len(y) for _, y in val_items)),
                   reverted_by_nncf=reverted)
     return record
-
-
-def quantized_ops(ov_model: Any) -> set[str]:
-    """Names of ops fed by a quantizer: a FakeQuantize or an int8 weight with its dequantize chain."""
-    names = set()
-    for op in ov_model.get_ops():
-        if op.get_type_name() in ("FakeQuantize", "Constant") or _is_dequantize(op):
-            continue
-        if any(_from_quantizer(i.get_source_output().get_node()) for i in op.inputs()):
-            names.add(op.get_friendly_name())
-    return names
-
-
-def float_layers(ov_model: Any) -> list[str]:
-    """Convolution and MatMul ops that run in float in a quantized IR."""
-    quantized = quantized_ops(ov_model)
-    return sorted(op.get_friendly_name() for op in ov_model.get_ops()
-                  if op.get_type_name() in _WEIGHTED and op.get_friendly_name() not in quantized)
 
 
 def _gated_multiply(gate: Any) -> tuple[Any, Any]:
@@ -173,59 +173,40 @@ def _is_gate_math(node: Any) -> bool:
         return False
     sources = [i.get_source_output().get_node() for i in node.inputs()]
     # A bias Add belongs to its Convolution/MatMul, which stays quantized.
-    return not (node.get_type_name() == "Add" and any(s.get_type_name() in _WEIGHTED for s in sources))
-
-
-def _from_quantizer(node: Any) -> bool:
-    if node.get_type_name() == "FakeQuantize":
-        return True
-    if _is_dequantize(node):
-        return any(_from_quantizer(i.get_source_output().get_node()) or _is_low_bit_constant(
-            i.get_source_output().get_node()) for i in node.inputs())
-    return False
-
-
-def _is_dequantize(node: Any) -> bool:
-    """Convert/Subtract/Multiply/Reshape on a weight: int8 constant -> Convert -> (- zero point) * scale."""
-    if node.get_type_name() not in ("Convert", "Subtract", "Multiply", "Reshape"):
-        return False
-    sources = [i.get_source_output().get_node() for i in node.inputs()]
-    return any(_is_low_bit_constant(s) or (_is_dequantize(s) and s is not node) for s in sources[:1])
-
-
-def _is_low_bit_constant(node: Any) -> bool:
-    return node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8", "i4", "u4")
+    return not (node.get_type_name() == "Add" and any(s.get_type_name() in WEIGHTED_OPS for s in sources))
 
 
 def _ignored_scope(model: Any, enabled: bool) -> tuple[list[dict[str, Any]], Any]:
     import nncf
 
     sites = find_attention(model) if enabled else []
-    names = sorted({n for site in sites for n in site["nodes"]})
+    names = sorted({n for site in sites for n in site["ignore"]})
     return sites, (nncf.IgnoredScope(names=names) if names else None)
 
 
-def _nncf_args(preset: str, samples: int, fast_bias_correction: bool, scope: Any, nncf: Any) -> dict[str, Any]:
+def _nncf_args(preset: str, items: int, fast_bias_correction: bool, scope: Any, nncf: Any) -> dict[str, Any]:
     if preset not in PRESETS:
         raise UserInputError(f"quantization preset must be one of {PRESETS}, got {preset!r}")
-    return {"preset": nncf.QuantizationPreset(preset), "subset_size": samples,
+    # NNCF counts subset_size in dataset items, which are single samples unless the IR's batch is static.
+    return {"preset": nncf.QuantizationPreset(preset), "subset_size": items,
             "fast_bias_correction": fast_bias_correction, "ignored_scope": scope,
             "target_device": nncf.TargetDevice.CPU}
 
 
 def _read_float_ir(path: str | Path) -> tuple[Any, Any, dict[str, Any], Path]:
-    from edgeres.runtime.openvino import ir_precision
+    import openvino as ov
 
     xml = check_ir_path(path)
-    model = _core().read_model(xml)
+    model = ov.Core().read_model(xml)
     meta, fields = read_edgeres_info(model, xml)
     if ir_precision(model)["int8"]:
         raise UserInputError(f"{xml}: already quantized; quantize the float (fp32) IR instead")
     return model, meta, {k: v for k, v in fields.items() if k == "source_sha256"}, xml
 
 
-def _calibration(model: Any, batches: Sequence[np.ndarray], subset_size: int) -> tuple[Any, int]:
-    """An nncf.Dataset of single samples (or of the IR's static batch), and how many samples it uses."""
+def _calibration(model: Any, batches: Sequence[np.ndarray], subset_size: int) -> tuple[Any, int, int]:
+    """An nncf.Dataset of the first `subset_size` samples, one per item (or the IR's static batch per
+    item), with its item and sample counts."""
     import nncf
 
     if subset_size < 1:
@@ -237,22 +218,24 @@ def _calibration(model: Any, batches: Sequence[np.ndarray], subset_size: int) ->
     items = [images[i:i + step] for i in range(0, min(len(images), subset_size) - step + 1, step)]
     if not items:
         raise UserInputError(f"need at least {step} calibration samples for this static-batch IR, got {len(images)}")
-    return nncf.Dataset(items), len(items) * step
+    return nncf.Dataset(items), len(items), len(items) * step
 
 
 def _validation_items(model: Any, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = list(pairs)
-    if not pairs or any(not isinstance(p, tuple) or len(p) != 2 for p in pairs):
-        raise UserInputError("validation data must be a non-empty list of (images, labels) pairs")
-    images = _stack(model, [x for x, _ in pairs], "validation batch")
-    labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in pairs]).astype(np.int64)
-    if len(labels) != len(images):
-        raise UserInputError(f"validation has {len(images)} images but {len(labels)} labels")
+    pairs = [(_stack(model, [x], "validation batch"), np.asarray(y).reshape(-1)) for x, y in _pairs(pairs)]
     n = model.input(0).get_partial_shape()[0]
     if n.is_dynamic:
-        return [(np.ascontiguousarray(x), np.asarray(y).reshape(-1)) for x, y in pairs]
-    step = n.get_length()  # a static-batch IR takes exactly its batch size; the remainder is dropped
+        return pairs
+    # A static-batch IR takes exactly its batch size: regroup, dropping the remainder.
+    images, labels, step = np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs]), n.get_length()
     return [(images[i:i + step], labels[i:i + step]) for i in range(0, len(images) - step + 1, step)]
+
+
+def _pairs(pairs: Iterable[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = list(pairs)
+    if not pairs or any(not isinstance(p, tuple) or len(p) != 2 or len(p[0]) != len(p[1]) for p in pairs):
+        raise UserInputError("validation data must be a non-empty list of (images, labels) pairs of equal length")
+    return pairs
 
 
 def _top1_accuracy(compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -290,7 +273,7 @@ def _record(xml: Path, out_xml: Path, quantized: Any, preset: str, samples: int,
     import nncf
     import openvino as ov
 
-    ignored = sorted({n for site in sites for n in site["nodes"]})
+    ignored = sorted({n for site in sites for n in site["ignore"]})
     return {
         "format": "openvino", "precision": "int8", "path": str(out_xml), "bin_path": str(out_xml.with_suffix(".bin")),
         "source_ir": str(xml), "preset": preset, "calibration_samples": samples,
@@ -298,9 +281,3 @@ def _record(xml: Path, out_xml: Path, quantized: Any, preset: str, samples: int,
         "float_layers": float_layers(quantized), "seconds": round(seconds, 2),
         "openvino_version": ov.get_version(), "nncf_version": nncf.__version__,
     }
-
-
-def _core() -> Any:
-    import openvino as ov
-
-    return ov.Core()

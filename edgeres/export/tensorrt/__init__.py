@@ -1,0 +1,7 @@
+"""TensorRT: bundles a target builds engines from (no GPU needed), and engine builds where a GPU is present.
+
+tensorrt loads only inside build_engine and the TensorRT runner.
+"""
+from edgeres.export.tensorrt.convert import EngineSpec, build_engine, prepare_tensorrt, trtexec_command
+
+__all__ = ["EngineSpec", "build_engine", "prepare_tensorrt", "trtexec_command"]

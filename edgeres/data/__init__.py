@@ -1,0 +1,129 @@
+"""Data: built-in sets and user folders, split, augmented and normalised the same way everywhere."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from edgeres.data.builtin import BUILTIN_SOURCES
+from edgeres.data.folder import FolderSource
+from edgeres.data.split import SPLITS, check_fractions, class_weights, make_sampler, stratified_split
+from edgeres.data.transforms import NORMALIZE_MODES, SplitDataset, resolve_stats, train_augment
+from edgeres.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are split and prepared. JSON-able, stored with each model."""
+
+    source: str                                     # "digits", "shapes", or an image folder
+    img_size: int = 64
+    in_chans: int | None = None                     # None: the source's own (digits 1, shapes 3, folder: by files)
+    split: tuple[float, float, float] | None = None  # None: the source's default
+    seed: int = 0
+    augment: bool = True                            # train split only
+    hflip: bool | None = None                       # None: the source's default (never for digits)
+    normalize: str = "auto"                         # auto | imagenet | dataset
+    skip_bad: bool = False
+    shapes_per_class: int = 120
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise UserInputError(f"source must be a built-in name {sorted(BUILTIN_SOURCES)} or a folder path")
+        if not isinstance(self.img_size, int) or not 8 <= self.img_size <= 4096:
+            raise UserInputError(f"img_size must be an integer from 8 to 4096, got {self.img_size!r}")
+        if self.in_chans not in (None, 1, 3):
+            raise UserInputError(f"in_chans must be 1 or 3 (or unset), got {self.in_chans!r}")
+        if self.split is not None:
+            object.__setattr__(self, "split", check_fractions(self.split))
+        if self.normalize not in NORMALIZE_MODES:
+            raise UserInputError(f"normalize must be one of {list(NORMALIZE_MODES)}, got {self.normalize!r}")
+        if not isinstance(self.shapes_per_class, int) or self.shapes_per_class < 3:
+            raise UserInputError(f"shapes_per_class must be an integer >= 3, got {self.shapes_per_class!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["split"] = list(self.split) if self.split else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserInputError(f"unknown data field(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        if d.get("split") is not None:
+            d["split"] = tuple(d["split"])
+        return cls(**d)
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """The three splits of one data config, with what a model needs to know about them."""
+
+    config: DataConfig
+    class_names: list[str]
+    in_chans: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skipped: list[str]
+    source: Any = dataclasses.field(repr=False, default=None)
+    indices: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
+    hflip: bool = False
+
+    def _check_split(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise UserInputError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        return self.indices[split]
+
+    def dataset(self, split: str, augment: bool | None = None) -> Dataset:
+        """A split as a Dataset of (normalised CxHxW float32, label); augmented only on train by default."""
+        indices = self._check_split(split)
+        if augment is None:
+            augment = split == "train" and self.config.augment
+        return SplitDataset(self.source, indices, self.mean, self.std, train_augment(self.hflip) if augment else None)
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.source.labels[self._check_split(split)].copy()
+
+    def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Un-augmented float32 NCHW batches and their labels, in dataset order; at most `limit` images."""
+        if batch_size < 1:
+            raise UserInputError(f"batch_size must be positive, got {batch_size}")
+        ds = self.dataset(split, augment=False)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        for start in range(0, n, batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, n))]
+            yield (torch.stack([x for x, _ in items]).numpy(), np.asarray([y for _, y in items], dtype=np.int64))
+
+
+def _open_source(config: DataConfig):
+    if config.source in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[config.source](config)
+    return FolderSource(config)
+
+
+def load_data(config: DataConfig) -> DataBundle:
+    """Open, check and split the data `config` names."""
+    source = _open_source(config)
+    if source.given_splits is not None:
+        if config.split is not None:
+            raise UserInputError(f"{config.source} already has train/val/test folders; drop --split")
+        indices = dict(source.given_splits)
+    else:
+        fractions = config.split or source.default_split
+        indices = stratified_split(source.labels, source.class_names, fractions, config.seed,
+                                   hint=f" for {config.source}")
+    mean, std = resolve_stats(config.normalize, source, indices["train"])
+    hflip = source.default_hflip if config.hflip is None else config.hflip
+    return DataBundle(config=config, class_names=list(source.class_names), in_chans=source.in_chans,
+                      img_size=config.img_size, mean=tuple(mean), std=tuple(std), skipped=list(source.skipped),
+                      source=source, indices=indices, hflip=hflip)
+
+
+__all__ = ["DataBundle", "DataConfig", "class_weights", "load_data", "make_sampler"]

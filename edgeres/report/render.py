@@ -1,0 +1,269 @@
+"""Render a bench `results.json` as report.md and a self-contained report.html, with PNG charts.
+
+Both files come from one list of blocks (headings, paragraphs, tables, images), so they cannot drift
+apart. The HTML embeds its images as data URIs and its CSS inline: it opens offline, from an e-mail
+attachment or a CI artifact store, with no other file beside it.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+from pathlib import Path
+from typing import Any, Union
+
+from edgeres.artifacts import write_text
+from edgeres.errors import UserInputError
+from edgeres.report.charts import accuracy, engine_latency, p50_per_image, pareto_front, write_charts
+
+MISSING = "–"
+TITLE = "edgeres benchmark report"
+SUMMARY_COLUMNS = ["artifact", "backend", "precision", "threads×batch", "size MB", "params", "MMACs", "p50 ms",
+                   "p99 ms", "img/s", "accuracy %", "speed-up", "Δ acc (points)"]
+_FIRST_NUMERIC = 4  # summary columns from here on are right-aligned
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;
+color:#1b1f24;line-height:1.45}
+table{border-collapse:collapse;margin:0.8rem 0 1.4rem;font-size:0.9rem}
+th,td{border:1px solid #d0d7de;padding:0.3rem 0.6rem;text-align:left}
+th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1rem 0 2rem}img{max-width:100%;height:auto}figcaption{color:#57606a;font-size:0.9rem}
+p.pass{color:#1a7f37;font-weight:600}p.fail{color:#cf222e;font-weight:600}
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Para:
+    text: str
+    css_class: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    id: str
+    columns: list[str]
+    rows: list[list[str]]
+    first_numeric: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    alt: str
+    path: Path
+    rel: str  # from the report's directory, with forward slashes
+
+
+Block = Union[Heading, Para, Bullets, Table, Image]
+
+
+def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows) of the summary table, one row per artifact, every cell a string ("–" if unknown)."""
+    artifacts = _artifacts(results)
+    base = _baseline(results, artifacts)
+    base_img_ms = p50_per_image(base) if base else None
+    base_acc = accuracy(base) if base else None
+    rows = []
+    for a in artifacts:
+        lat = engine_latency(a) or {}
+        acc = accuracy(a)
+        img_ms = p50_per_image(a)
+        speedup = base_img_ms / img_ms if base_img_ms and img_ms else None
+        delta = 100.0 * (acc - base_acc) if acc is not None and base_acc is not None else None
+        rows.append([
+            a["name"], a.get("backend") or MISSING, a.get("precision") or MISSING,
+            _threads_batch(a),
+            _fmt(_scaled(a.get("size_bytes"), 1e6), ".2f"), _fmt(_scaled(a.get("params"), 1e6), ".2f", "M"),
+            _fmt(_scaled(a.get("macs"), 1e6), ",.1f"), _fmt(lat.get("p50_ms"), ".2f"), _fmt(lat.get("p99_ms"), ".2f"),
+            _fmt(lat.get("throughput_ips"), ",.1f"), _fmt(_scaled(acc, 0.01), ".2f"), _fmt(speedup, ".2f", "×"),
+            _fmt(delta, "+.2f"),
+        ])
+    return list(SUMMARY_COLUMNS), rows
+
+
+def render_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write report.md, report.html and plots/*.png into `out_dir`; returns {relative name: path}."""
+    out_dir = Path(out_dir)
+    artifacts = _artifacts(results)
+    charts = write_charts(artifacts, out_dir / "plots")
+    images = [Image(caption, path, path.relative_to(out_dir).as_posix()) for caption, path in charts]
+    blocks = _blocks(results, artifacts, images)
+    written = {img.rel: img.path for img in images}
+    written["report.md"] = write_text(out_dir / "report.md", to_markdown(blocks))
+    written["report.html"] = write_text(out_dir / "report.html", to_html(blocks, TITLE))
+    return written
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    """Markdown for a list of blocks; images are linked by relative path."""
+    parts = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append("#" * b.level + " " + _md(b.text))
+        elif isinstance(b, Para):
+            parts.append(_md(b.text))
+        elif isinstance(b, Bullets):
+            parts.append("\n".join(f"- {_md(item)}" for item in b.items))
+        elif isinstance(b, Table):
+            align = ["---:" if b.first_numeric is not None and j >= b.first_numeric else "---"
+                     for j in range(len(b.columns))]
+            lines = [_md_row(b.columns), "| " + " | ".join(align) + " |"] + [_md_row(r) for r in b.rows]
+            parts.append("\n".join(lines))
+        elif isinstance(b, Image):
+            parts.append(f"![{_md(b.alt)}]({b.rel})")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    """A self-contained HTML page for a list of blocks: inline CSS, images as base64 data URIs."""
+    esc = html.escape
+    body = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            body.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            cls = f' class="{esc(b.css_class)}"' if b.css_class else ""
+            body.append(f"<p{cls}>{esc(b.text)}</p>")
+        elif isinstance(b, Bullets):
+            body.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in b.items) + "</ul>")
+        elif isinstance(b, Table):
+            body.append(_html_table(b))
+        elif isinstance(b, Image):
+            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            body.append(f'<figure><img alt="{esc(b.alt)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{esc(b.alt)}</figcaption></figure>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: list[Image]) -> list[Block]:
+    columns, rows = summary_rows(results)
+    env = results.get("environment") or {}
+    base = results.get("baseline")
+    intro = (f"{len(artifacts)} artifacts measured on {env.get('cpu') or 'an unrecorded CPU'}"
+             f" ({env.get('cores') or MISSING} cores). Latency is the engine call alone, per call at the batch"
+             " size shown; speed-up is the baseline's p50 per image divided by the artifact's"
+             + (f"; the baseline is {base}." if base else "; no baseline was given."))
+    blocks: list[Block] = [Heading(1, TITLE), Para(intro), Heading(2, "Summary"),
+                           Table("summary", columns, rows, _FIRST_NUMERIC)]
+    front = _latency_front(artifacts)
+    if front:
+        blocks.append(Para("Pareto front (higher accuracy at lower p50 latency per image): " + ", ".join(front) + "."))
+    if results.get("gate"):
+        blocks += _gate_blocks(results["gate"])
+    if images:
+        blocks += [Heading(2, "Charts"), *images]
+    blocks += [Heading(2, "Environment"), Table("environment", ["item", "value"], _environment_rows(env))]
+    return blocks
+
+
+def _gate_blocks(gate: dict[str, Any]) -> list[Block]:
+    from edgeres.evaluate.gate import check_rows
+
+    passed = bool(gate.get("passed"))
+    blocks: list[Block] = [Heading(2, "Gate"), Para(f"Verdict: {'PASS' if passed else 'FAIL'}",
+                                                     "pass" if passed else "fail")]
+    if gate.get("baseline_accuracy") is not None and gate.get("candidate_accuracy") is not None:
+        lo, hi = gate.get("delta_ci_points") or (None, None)
+        blocks.append(Para(
+            f"Accuracy {100 * gate['baseline_accuracy']:.2f}% (baseline) → {100 * gate['candidate_accuracy']:.2f}% "
+            f"(candidate) on {_fmt(gate.get('n'), 'd')} images: {_fmt(gate.get('delta_points'), '+.2f')} points, "
+            f"{_fmt(gate.get('confidence'), '.0%')} CI {_fmt(lo, '+.2f')} to {_fmt(hi, '+.2f')}; McNemar "
+            f"p={_fmt(gate.get('mcnemar_p'), '.3g')} ({_fmt(gate.get('mcnemar_b'), 'd')} images newly wrong, "
+            f"{_fmt(gate.get('mcnemar_c'), 'd')} newly right)."))
+    notes = [f"Failed: {r}" for r in gate.get("reasons") or []]
+    notes += [f"Warning: {w}" for w in gate.get("warnings") or []]
+    if notes:
+        blocks.append(Bullets(notes))
+    if gate.get("checks"):
+        blocks.append(Table("gate", *check_rows(gate)))
+    return blocks
+
+
+def _environment_rows(env: dict[str, Any]) -> list[list[str]]:
+    rows = [[key, _fmt(env.get(key), "")] for key in ("cpu", "cores", "python", "created")]
+    rows += [[name, _fmt(version, "")] for name, version in sorted((env.get("versions") or {}).items())]
+    return rows
+
+
+def _latency_front(artifacts: list[dict[str, Any]]) -> list[str]:
+    pts = [(a["name"], p50_per_image(a), accuracy(a)) for a in artifacts]
+    pts = [p for p in pts if p[1] is not None and p[2] is not None]
+    return [pts[i][0] for i in pareto_front([(lat, acc) for _, lat, acc in pts])]
+
+
+def _artifacts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Artifacts from results.json, each guaranteed a name (copies; the input is not changed)."""
+    if not isinstance(results, dict) or not isinstance(results.get("artifacts"), list) or not results["artifacts"]:
+        raise UserInputError("results must be a dict with a non-empty 'artifacts' list (the output of `edgeres bench`)")
+    out = []
+    for i, a in enumerate(results["artifacts"]):
+        if not isinstance(a, dict):
+            raise UserInputError(f"artifacts[{i}] must be a dict, got {type(a).__name__}")
+        out.append({**a, "name": str(a.get("name") or Path(str(a.get("path") or "")).name or f"artifact {i}")})
+    return out
+
+
+def _baseline(results: dict[str, Any], artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    name = results.get("baseline")
+    if not name:
+        return None
+    for a in artifacts:
+        if a["name"] == name:
+            return a
+    raise UserInputError(f"baseline {name!r} is not among the artifacts: {[a['name'] for a in artifacts]}")
+
+
+def _threads_batch(artifact: dict[str, Any]) -> str:
+    threads, batch = artifact.get("threads"), artifact.get("batch_size")
+    return MISSING if threads is None and batch is None else f"{_fmt(threads, 'd')}×{_fmt(batch, 'd')}"
+
+
+def _scaled(value: float | None, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return MISSING
+    try:
+        return format(value, spec) + suffix
+    except (TypeError, ValueError):  # a hand-edited results.json with "2.0" threads should still render
+        return str(value) + suffix
+
+
+def _md(text: str) -> str:
+    # Escape what would turn a name into markup; underscores are left alone (GFM ignores them mid-word).
+    for ch in "\\`*[]<|":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(_md(c) for c in cells) + " |"
+
+
+def _html_table(t: Table) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in t.columns)
+    body = []
+    for row in t.rows:
+        cells = "".join(
+            f'<td class="num">{esc(c)}</td>' if t.first_numeric is not None and j >= t.first_numeric
+            else f"<td>{esc(c)}</td>" for j, c in enumerate(row))
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<table id="{esc(t.id)}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody>\n</table>")

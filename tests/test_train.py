@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeres.artifacts import read_json
+from edgeres.data import DataConfig
+from edgeres.errors import UserInputError
+from edgeres.evaluate import evaluate_artifact
+from edgeres.train.config import TrainConfig
+from edgeres.train.loop import train
+
+DATA = DataConfig(source="digits", img_size=16)
+
+
+def cfg(out, **kw):
+    base = dict(model="test_se_resnet", data=DATA, out=str(out), epochs=3, batch_size=64, lr=3e-3, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "a"
+    return train(cfg(out))
+
+
+def test_training_writes_checkpoint_metrics_and_plots(trained):
+    out = trained.out_dir
+    for name in ("model.safetensors", "model.json", "metrics.json", "confusion_test.png", "curves.png",
+                 "history.json", "train.json"):
+        assert (out / name).is_file(), name
+    metrics = read_json(out / "metrics.json")
+    test = metrics["test"]
+    assert test["n"] == 359 and len(test["confusion"]) == 10  # 20% of 1,797, stratified per class
+    assert sum(map(sum, test["confusion"])) == 359
+    assert set(test["per_class"]) == {str(i) for i in range(10)}
+    assert test["accuracy"] > 0.5, "three epochs on digits should beat chance (0.1) by far"
+    assert 0.5 < test["auc"] <= 1.0
+    assert "val" in metrics and metrics["runner"]["backend"] == "torch"
+    assert len(trained.history) == 3
+
+
+def test_eval_reproduces_training_metrics(trained, tmp_path):
+    metrics, written = evaluate_artifact(trained.out_dir, out=tmp_path / "ev")
+    assert metrics["test"] == trained.metrics["test"]
+    assert written == tmp_path / "ev" / "metrics.json"
+
+
+def test_same_seed_same_metrics(trained, tmp_path):
+    again = train(cfg(tmp_path / "b"))
+    assert again.metrics["test"] == trained.metrics["test"]
+    assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in trained.history]
+
+
+def test_existing_run_is_not_overwritten(trained):
+    with pytest.raises(UserInputError, match="--resume"):
+        train(cfg(trained.out_dir))
+
+
+def test_resume_without_state_is_refused(tmp_path):
+    with pytest.raises(UserInputError, match="no saved training state"):
+        train(cfg(tmp_path / "none", resume=True))
+
+
+def test_resume_with_other_model_is_refused(trained):
+    with pytest.raises(UserInputError, match="model differs"):
+        train(cfg(trained.out_dir, model="test_resnet", resume=True))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "edgeres.cli", *args]
+
+
+def test_killed_training_resumes_and_matches_uninterrupted_run(trained, tmp_path):
+    out = tmp_path / "killed"
+    argv = _cli("train", "--model", "test_se_resnet", "--data", "digits", "--img-size", "16", "--epochs", "3",
+                "--lr", "0.003", "--threads", "1", "--out", str(out))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "last" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = read_json(out / "history.json") if (out / "history.json").exists() else None
+    assert done is None, "the run finished before it could be killed; the test proves nothing"
+    subprocess.run([*argv, "--resume"], check=True, stdout=subprocess.DEVNULL)
+    history = read_json(out / "history.json")
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert read_json(out / "metrics.json")["test"] == trained.metrics["test"]
+
+
+def test_cli_train_and_eval_exit_codes(tmp_path):
+    bad_model = subprocess.run(_cli("train", "--model", "se_resnet81", "--data", "digits", "--out",
+                                    str(tmp_path / "x")), capture_output=True, text=True)
+    assert bad_model.returncode == 2
+    assert "se_resnet18" in bad_model.stderr and "Traceback" not in bad_model.stderr
+    missing = subprocess.run(_cli("train", "--model", "test_resnet", "--data", str(tmp_path / "nope"),
+                                  "--out", str(tmp_path / "y")), capture_output=True, text=True)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    not_ckpt = subprocess.run(_cli("eval", str(tmp_path)), capture_output=True, text=True)
+    assert not_ckpt.returncode == 2 and "model.safetensors" in not_ckpt.stderr
+    usage = subprocess.run(_cli("train"), capture_output=True, text=True)
+    assert usage.returncode == 2
+    ok = subprocess.run(_cli("--help"), capture_output=True, text=True)
+    assert ok.returncode == 0 and "train" in ok.stdout
+
+
+def test_cli_models_lists_params(tmp_path):
+    res = subprocess.run(_cli("models", "test_*", "--img-size", "32"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "test_se_resnet" in res.stdout and "resnet50" not in res.stdout.replace("test_", "")
+
+
+@pytest.mark.parametrize("balance", ["loss", "sampler"])
+def test_class_balancing_options_train(balance, tmp_path):
+    result = train(cfg(tmp_path / balance, epochs=1, balance=balance, model="test_resnet"))
+    assert result.metrics["test"]["n"] == 359
+
+
+def test_torchrun_two_processes(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "edgeres.cli", "train",
+                          "--model", "test_resnet", "--data", "digits", "--img-size", "16", "--epochs", "2",
+                          "--threads", "1", "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_json(out / "train.json")["world_size"] == 2
+    history = read_json(out / "history.json")
+    assert [h["epoch"] for h in history] == [1, 2]
+    # Each process saw half the training split (1,079 images, padded to an even 1,080) per epoch.
+    assert history[0]["samples_per_process"] == 540
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 359
