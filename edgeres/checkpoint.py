@@ -37,6 +37,7 @@ class ModelMeta:
     data: dict[str, Any] | None = None
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     history: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compression: dict[str, Any] = dataclasses.field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -146,7 +146,7 @@ def export_cmd(
     rows = []
     for e in document["artifacts"] + document["failed"]:
         v = e.get("validation") or {}
-        rows.append((Path(e["file"]).name, e["backend"], e["precision"], e["status"], e.get("bytes"),
+        rows.append((Path(e["file"]).name if e["file"] else "-", e["backend"], e["precision"], e["status"], e.get("bytes"),
                      v.get("max_abs_diff"), v.get("top1_agreement")))
     print_table(f"exports of {checkpoint} -> {out}", ["file", "backend", "precision", "status", "bytes",
                                                       "max abs diff", "top-1 agree"], rows)
@@ -154,6 +154,53 @@ def export_cmd(
     if document["failed"]:
         fail(f"{len(document['failed'])} export(s) failed validation; they were moved to {out / 'failed'}")
         raise typer.Exit(1)
+
+
+@app.command("prune")
+def prune_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to compress."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the compressed checkpoint."),
+    macs: Optional[float] = typer.Option(None, help="Keep this fraction of MACs, e.g. 0.5."),
+    params: Optional[float] = typer.Option(None, help="Keep this fraction of parameters."),
+    ratio: Optional[float] = typer.Option(None, help="Remove this fraction of channels in every layer."),
+    sparsity: Optional[float] = typer.Option(None, help="Unstructured: zero this fraction of weights "
+                                                        "(smaller when compressed, no faster on dense runtimes)."),
+    importance: str = typer.Option("l2", help="Channel ranking: l1, l2, bn (BN scale) or taylor."),
+    global_pruning: bool = typer.Option(False, "--global", help="Rank channels across layers, not per layer."),
+    round_to: int = typer.Option(8, help="Keep channel counts multiples of this (INT8 kernels like 8)."),
+    steps: int = typer.Option(1, help="Prune in this many steps, fine-tuning between them."),
+    finetune_epochs: int = typer.Option(0, help="Epochs of fine-tuning after pruning."),
+    lr: float = typer.Option(5e-4, help="Fine-tuning learning rate."),
+    distill: Optional[Path] = typer.Option(None, help="Teacher checkpoint to distill from while fine-tuning."),
+    temperature: float = typer.Option(4.0, help="Distillation temperature."),
+    alpha: float = typer.Option(0.3, help="Weight of the hard-label loss (the rest is distillation)."),
+    feature_weight: float = typer.Option(0.0, help="Weight of stage-feature distillation (0: logits only)."),
+    seed: int = typer.Option(0, help="Seed for fine-tuning."),
+) -> None:
+    """Prune channels to a MACs/params budget, then fine-tune (optionally distilled) into a new checkpoint."""
+    from edgeres.compress.job import FinetuneConfig, compress_checkpoint
+    from edgeres.compress.prune import PruneConfig
+
+    targets = {k: v for k, v in (("macs", macs), ("params", params), ("ratio", ratio)) if v is not None}
+    if len(targets) > 1:
+        raise UserInputError(f"give one pruning target, not {sorted(targets)}")
+    prune_config = None
+    if targets:
+        (target, amount), = targets.items()
+        prune_config = PruneConfig(target=target, amount=amount, importance=importance,
+                                   global_pruning=global_pruning, round_to=round_to, steps=steps)
+    ft = FinetuneConfig(epochs=finetune_epochs, lr=lr, teacher=str(distill) if distill else None,
+                        temperature=temperature, alpha=alpha, feature_weight=feature_weight, seed=seed)
+    summary = compress_checkpoint(checkpoint, out, prune_config, ft, sparsity=sparsity)
+    b, a = summary["before"], summary["after"]
+    rows = [(what, b[key], a[key], a[key] / b[key] if b[key] else None)
+            for what, key in (("parameters", "params"), ("MACs", "macs"), ("file bytes", "file_bytes"))]
+    rows.append(("test accuracy", b["test"]["accuracy"], a["test"]["accuracy"], None))
+    rows.append(("test macro F1", b["test"]["macro_f1"], a["test"]["macro_f1"], None))
+    print_table(f"{checkpoint} -> {out}", ["", "before", "after", "after/before"], rows)
+    console.print(f"accuracy drop: {summary['accuracy_drop_points']:.2f} points; wrote {out}")
+    if summary["prune"]["kind"] == "unstructured":
+        console.print(summary["prune"]["note"])
 
 
 def main() -> None:

@@ -11,8 +11,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)
-stdout = Console()
+# Piped output (CI logs, files) gets wide tables rather than rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+stdout = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -198,7 +198,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
                         "samples": int(sum(len(b) for b in ctx.calib))},
         "validation": {"split": "val", "samples": int(len(ctx.val_batch))},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(), "config": dataclasses.asdict(config), "artifacts": entries, "failed": failed,
+        "versions": _versions(), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}, "artifacts": entries, "failed": failed,
     }
     write_json(out / EXPORT_FILE, document)
     return document
@@ -206,7 +206,12 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
 
 def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
     backend, exporter = _EXPORTERS[fmt]
-    staged, record = exporter(ctx, precision)
+    try:
+        staged, record = exporter(ctx, precision)
+    except RuntimeError as e:  # an exporter's own check failed: nothing was published
+        log.error("%s %s failed: %s", fmt, precision, e)
+        return {"format": fmt, "backend": backend, "precision": precision, "status": "failed", "file": None,
+                "error": str(e)}
     entry: dict[str, Any] = {"format": fmt, "backend": backend, "precision": precision, **record}
     main = staged[0]
     if fmt == "tensorrt":

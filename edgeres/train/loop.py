@@ -234,7 +234,8 @@ def finalize_run(out_dir: Path, history: list[dict[str, Any]], bundle: DataBundl
     runner = runtime.load(out_dir, backend="torch")
     metrics, _ = evaluate_runner(runner, bundle)
     write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names)
-    plot_training_curves(history, out_dir / "curves.png")
+    if history:
+        plot_training_curves(history, out_dir / "curves.png")
     write_json(out_dir / "history.json", history)
     meta = read_json(out_dir / META_FILE)
     meta["metrics"] = {split: {k: m[k] for k in ("accuracy", "macro_f1", "auc", "n")} for split, m in metrics.items()}

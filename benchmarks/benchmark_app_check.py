@@ -1,0 +1,154 @@
+"""edgeres's OpenVINO p50 against OpenVINO's own benchmark_app on the same IR (ResNet-18, batch 1).
+
+For an fp32 and an NNCF INT8 IR, alternates `benchmark_app` (latency hint, sync API, one request) with
+edgeres's `runner_latency` on an OpenVINO Runner, each for the same time, a few times over; reports both
+p50s and edgeres/benchmark_app. Both sides use the same threads and the same inference precision: the
+Runner reports the precision it executes and benchmark_app is given that one with -infer_precision.
+
+benchmark_app refuses -nthreads together with -hint latency (a rule of its command line, not of
+OpenVINO), so the thread count reaches it as INFERENCE_NUM_THREADS through -load_config. It also treats a
+3-channel 4-D input as an image and feeds it as u8 (a Convert inside the graph) unless told -ip f32.
+
+Usage: python benchmarks/benchmark_app_check.py [--threads 2] [--seconds 15] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import edgeres.runtime
+from edgeres.bench.latency import runner_latency
+from runtimes import CALIBRATION_IMAGES, CALIBRATION_NOTE, build_model, export_openvino_pair, machine_info, \
+    pseudo_images, versions
+
+RESULTS = Path(__file__).parent / "results"
+AGREEMENT_LIMIT = 0.10
+# What the Runner is asked for per IR: fp32 pinned to f32; INT8 leaves the float layers to the plugin default.
+REQUESTED = {"openvino_fp32": "fp32", "openvino_int8": None}
+
+
+def benchmark_app_path() -> str:
+    """The benchmark_app next to this Python (the openvino wheel's console script), else the one on PATH."""
+    beside = Path(sys.executable).with_name("benchmark_app")
+    found = str(beside) if beside.exists() else shutil.which("benchmark_app")
+    if not found:
+        raise SystemExit("benchmark_app not found: install openvino (it ships the console script)")
+    return found
+
+
+def run_benchmark_app(xml: Path, threads: int, precision_hint: str, seconds: int, folder: Path) -> dict[str, Any]:
+    """One benchmark_app run; its median latency read from the CSV report, plus what it compiled."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "threads.json"
+    config.write_text(json.dumps({"CPU": {"INFERENCE_NUM_THREADS": str(threads)}}))
+    cmd = [benchmark_app_path(), "-m", str(xml), "-d", "CPU", "-hint", "latency", "-load_config", str(config),
+           "-t", str(seconds), "-shape", "[1,3,224,224]", "-ip", "f32", "-infer_precision", precision_hint,
+           "-latency_percentile", "50", "-report_type", "no_counters", "-report_folder", str(folder),
+           "-dump_config", str(folder / "config_set.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark_app failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    report = _csv_report(folder / "benchmark_report.csv")
+    compiled = dict(re.findall(r"\[ INFO \]   (INFERENCE_NUM_THREADS|INFERENCE_PRECISION_HINT|PERFORMANCE_HINT|"
+                               r"NUM_STREAMS|ENABLE_CPU_PINNING): (.+)", proc.stdout))
+    median = re.search(r"Median:\s+([\d.]+) ms", proc.stdout)
+    return {"p50_ms": float(report["latency (ms)"]), "stdout_median_ms": float(median.group(1)) if median else None,
+            "iterations": int(report["total number of iterations"]), "api": report.get("API"),
+            "requests": report.get("number of parallel infer requests"), "compiled": compiled,
+            "command": " ".join(cmd[1:])}
+
+
+def _csv_report(path: Path) -> dict[str, str]:
+    """benchmark_report.csv is `key;value` lines grouped under section titles: flatten it."""
+    with path.open(newline="") as f:
+        return {row[0]: row[1] for row in csv.reader(f, delimiter=";") if len(row) >= 2}
+
+
+def check_ir(name: str, xml: Path, threads: int, seconds: int, repeats: int, folder: Path) -> dict[str, Any]:
+    """Alternate benchmark_app and edgeres `repeats` times on one IR (order flipped each time)."""
+    runner = edgeres.runtime.load(xml, "openvino", REQUESTED[name], threads)
+    hint = runner.info.extra["inference_precision_hint"]
+    runner_latency(runner, warmup=10, runs=10)  # first-call allocations out of the way
+    app_runs, edgeres_runs = [], []
+    for i in range(repeats):
+        def app() -> None:
+            app_runs.append(run_benchmark_app(xml, threads, hint, seconds, folder / f"{name}-{i}"))
+
+        def ours() -> None:
+            edgeres_runs.append(runner_latency(runner, warmup=5, runs=1_000_000, budget_s=seconds).summary())
+        for step in ((app, ours) if i % 2 == 0 else (ours, app)):
+            step()
+        print(f"  {name} #{i + 1}: benchmark_app {app_runs[-1]['p50_ms']:.2f} ms, "
+              f"edgeres {edgeres_runs[-1]['p50_ms']:.2f} ms", flush=True)
+    app_p50 = statistics.median(r["p50_ms"] for r in app_runs)
+    ours_p50 = statistics.median(r["p50_ms"] for r in edgeres_runs)
+    return {
+        "ir": name, "runner_precision": runner.info.precision, "inference_precision_hint": hint,
+        "runner_threads": runner.info.threads, "runner_performance_hint": runner.info.extra["performance_hint"],
+        "benchmark_app_p50_ms": app_p50, "edgeres_p50_ms": ours_p50, "ratio": ours_p50 / app_p50,
+        "ratio_per_repeat": [e["p50_ms"] / a["p50_ms"] for a, e in zip(app_runs, edgeres_runs)],
+        "within_limit": abs(ours_p50 / app_p50 - 1) <= AGREEMENT_LIMIT,
+        "benchmark_app_runs": app_runs, "edgeres_runs": edgeres_runs,
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| IR | precision executed (both) | benchmark_app p50 ms | edgeres runner_latency p50 ms | "
+             "edgeres / benchmark_app | per repeat |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        per = ", ".join(f"{x:.3f}" for x in r["ratio_per_repeat"])
+        lines.append(f"| {r['ir']} | {r['runner_precision']} (hint {r['inference_precision_hint']}) | "
+                     f"{r['benchmark_app_p50_ms']:.2f} | {r['edgeres_p50_ms']:.2f} | {r['ratio']:.3f} | {per} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=15, help="duration of each benchmark_app / edgeres run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--workdir", help="keep the IRs and benchmark_app reports here (default: a temporary folder)")
+    ap.add_argument("--out", default=str(RESULTS / "benchmark_app.json"))
+    args = ap.parse_args()
+    start, load_before = time.perf_counter(), os.getloadavg()
+    model, meta = build_model()
+    with tempfile.TemporaryDirectory(prefix="edgeres-bapp-") as tmp:
+        work = Path(args.workdir or tmp)
+        print(f"exporting resnet18 (random weights) to {work} ...", flush=True)
+        paths = export_openvino_pair(model, meta, work, pseudo_images(CALIBRATION_IMAGES, meta))
+        rows = [check_ir(name, paths[name], args.threads, args.seconds, args.repeats, work / "reports")
+                for name in REQUESTED]
+    machine = machine_info()
+    machine["loadavg_before"] = [round(v, 2) for v in load_before]
+    result = {
+        "benchmark": "benchmark_app_check", "model": "resnet18", "weights": "random (torch seed 0)",
+        "input": [1, 3, 224, 224], "threads": args.threads, "seconds_per_run": args.seconds,
+        "repeats": args.repeats, "calibration": CALIBRATION_NOTE, "agreement_limit": AGREEMENT_LIMIT,
+        "edgeres_side": "edgeres.bench.latency.runner_latency (Runner.run, no input check), IR kept dynamic-batch",
+        "benchmark_app_side": "latency hint, sync API, 1 request, -shape [1,3,224,224] (static), -ip f32, "
+                              "random input, INFERENCE_NUM_THREADS via -load_config",
+        "machine": machine, "versions": versions(), "irs": rows,
+        "all_within_limit": all(r["within_limit"] for r in rows),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(markdown(rows))
+    print(f"\nresnet18 224x224, batch 1, {args.threads} threads, {machine['cpu']}; load average "
+          f"{machine['loadavg_before'][0]} -> {machine['loadavg_1_5_15'][0]}; {result['wall_seconds']} s; "
+          f"within {AGREEMENT_LIMIT:.0%}: {'yes' if result['all_within_limit'] else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Prune (and optionally distill) a checkpoint into a new one, with figures before and after."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeres.artifacts import read_json, write_json
+from edgeres.bench.profile import count_macs, count_params
+from edgeres.checkpoint import META_FILE, WEIGHTS_FILE, checkpoint_dir, checkpoint_sha256, load_checkpoint
+from edgeres.compress.distill import Distiller, load_teacher
+from edgeres.compress.prune import PruneConfig, prune
+from edgeres.compress.sparsity import sparsify
+from edgeres.data import DataConfig, load_data
+from edgeres.errors import UserInputError
+from edgeres.train.config import TrainConfig
+from edgeres.train.loop import train, train_epoch
+
+log = logging.getLogger("edgeres")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """How a compressed model recovers: epochs of training, optionally distilled from a teacher."""
+
+    epochs: int = 0
+    lr: float = 5e-4
+    batch_size: int = 64
+    teacher: str | None = None      # checkpoint to distill from (often the unpruned model)
+    temperature: float = 4.0
+    alpha: float = 0.3              # weight of the hard-label loss; the rest is distillation
+    feature_weight: float = 0.0
+    step_epochs: int = 1            # fine-tuning epochs between iterative pruning steps
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.step_epochs < 0:
+            raise UserInputError(f"epochs and step_epochs must be >= 0, got {self.epochs}, {self.step_epochs}")
+
+
+def _figures(model: nn.Module, meta, bytes_: int | None, metrics: dict | None) -> dict[str, Any]:
+    return {"params": count_params(model), "macs": count_macs(model, meta.input_shape), "file_bytes": bytes_,
+            "test": {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "auc")} if metrics else None}
+
+
+def _test_metrics(ckpt: Path, bundle) -> dict:
+    """The source checkpoint's metrics, measured now through its Runner (not trusted from its JSON)."""
+    from edgeres import runtime
+    from edgeres.evaluate.classify import evaluate_runner
+
+    return evaluate_runner(runtime.load(ckpt, backend="torch"), bundle, splits=("test",))[0]
+
+
+def _step_finetuner(bundle, ft: FinetuneConfig, criterion):
+    def finetune(model: nn.Module, step: int) -> None:
+        if ft.step_epochs == 0:
+            return
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
+        loader = torch.utils.data.DataLoader(bundle.dataset("train"), ft.batch_size, shuffle=True,
+                                             generator=torch.Generator().manual_seed(ft.seed + step))
+        for _ in range(ft.step_epochs):
+            train_epoch(model, loader, opt, criterion or (lambda lg, t, x: nn.functional.cross_entropy(lg, t)))
+        log.info("pruning step %d: fine-tuned %d epoch(s)", step, ft.step_epochs)
+    return finetune
+
+
+def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneConfig | None,
+                        finetune: FinetuneConfig = FinetuneConfig(), sparsity: float | None = None) -> dict[str, Any]:
+    """Prune `ckpt` structurally (or sparsify it), fine-tune (distilled if a teacher is given), save to `out`."""
+    source = checkpoint_dir(ckpt)
+    out = Path(out)
+    if (out / WEIGHTS_FILE).exists():
+        raise UserInputError(f"{out} already holds a checkpoint; choose another --out")
+    if (prune_config is None) == (sparsity is None):
+        raise UserInputError("give exactly one of a structured pruning target (--macs/--params/--ratio) or --sparsity")
+    model, meta = load_checkpoint(source)
+    if not meta.data:
+        raise UserInputError(f"{source} records no training data; compression needs it to fine-tune and measure")
+    bundle = load_data(DataConfig.from_dict(meta.data))
+    before = _figures(model, meta, (source / WEIGHTS_FILE).stat().st_size, _test_metrics(source, bundle))
+    teacher = load_teacher(finetune.teacher, meta) if finetune.teacher else None
+    distiller = Distiller(teacher, model, finetune.temperature, finetune.alpha, finetune.feature_weight,
+                          input_shape=meta.input_shape) if teacher is not None else None
+    if sparsity is not None:
+        report = {"kind": "unstructured", **sparsify(model, sparsity)}
+    else:
+        calib = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in bundle.batches("train", 32, limit=256)]
+        pr = prune(model, meta.input_shape, prune_config, calib=calib,
+                   finetune=_step_finetuner(bundle, finetune, distiller))
+        report = {"kind": "structured", **pr.to_dict(), "config": dataclasses.asdict(prune_config)}
+    meta.parent_sha256 = checkpoint_sha256(source)
+    meta.compression = {"source": str(source), "prune": report, "before": before,
+                        "finetune": dataclasses.asdict(finetune)}
+    cfg = TrainConfig(model=meta.arch, data=bundle.config, out=str(out), epochs=max(finetune.epochs, 1),
+                      lr=finetune.lr, batch_size=finetune.batch_size, model_kwargs=meta.arch_kwargs,
+                      seed=finetune.seed)
+    if finetune.epochs > 0:
+        train(cfg, model=model, criterion=distiller, meta=meta, bundle=bundle)
+    else:
+        _save_without_training(model, meta, out, bundle)
+    if distiller is not None:
+        distiller.close()
+    return _finish(out, meta, model, before, bundle)
+
+
+def _save_without_training(model, meta, out: Path, bundle) -> None:
+    from edgeres.checkpoint import save_checkpoint
+    from edgeres.train.loop import finalize_run
+
+    save_checkpoint(model, meta, out)
+    finalize_run(out, [], bundle)
+
+
+def _finish(out: Path, meta, model, before: dict, bundle) -> dict[str, Any]:
+    """Add the after-figures to model.json (the trainer kept the best epoch's weights) and return the summary."""
+    best, _ = load_checkpoint(out)
+    metrics = read_json(out / "metrics.json")
+    after = _figures(best, meta, (out / WEIGHTS_FILE).stat().st_size, metrics)
+    stored = read_json(out / META_FILE)
+    stored["compression"]["after"] = after
+    acc_b, acc_a = before["test"]["accuracy"], after["test"]["accuracy"]
+    stored["compression"]["accuracy_drop_points"] = round((acc_b - acc_a) * 100, 3)
+    write_json(out / META_FILE, stored)
+    return stored["compression"]

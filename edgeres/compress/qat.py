@@ -1,0 +1,301 @@
+"""Quantization-aware training: NNCF fake-quantizes a checkpoint's model, fine-tunes it, and exports INT8
+OpenVINO IR and QDQ ONNX, each measured against the fp32 model and plain post-training INT8."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeres.artifacts import sha256_file, write_json
+from edgeres.checkpoint import ModelMeta, checkpoint_dir, checkpoint_sha256, load_checkpoint
+from edgeres.errors import UserInputError
+from edgeres.evaluate.classify import check_compatible
+
+log = logging.getLogger("edgeres")
+
+QAT_XML, QAT_ONNX, PTQ_XML, RECORD = "model.int8.qat.xml", "model.int8.qat.onnx", "model.int8.ptq.xml", "qat.json"
+_CALIB_BATCH = 32
+_VALIDATE_SIZE = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class QATConfig:
+    """Fine-tuning and calibration settings; the learning rate is small because the weights start trained."""
+
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 64
+    calib_size: int = 300   # un-augmented training-split images for NNCF's initial ranges
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "calib_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserInputError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserInputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise UserInputError(f"lr must be a positive finite number, got {self.lr!r}")
+
+
+def recommend_qat(ptq_drop_points: float, budget_points: float) -> bool:
+    """QAT is offered when post-training INT8 loses more accuracy points than the user's budget allows."""
+    for name, value in (("ptq_drop_points", ptq_drop_points), ("budget_points", budget_points)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserInputError(f"{name} must be a finite number of accuracy points, got {value!r}")
+    if budget_points < 0:
+        raise UserInputError(f"budget_points must be >= 0, got {budget_points}")
+    return ptq_drop_points > budget_points
+
+
+def quantization_aware_training(ckpt: str | Path, out_dir: str | Path, config: QATConfig, *,
+                                bundle: Any = None, progress: Callable[..., None] | None = None) -> dict[str, Any]:
+    """Fake-quantize `ckpt` with NNCF, fine-tune it, export INT8 IR + QDQ ONNX to `out_dir`, write qat.json.
+
+    bundle: the checkpoint's data, when the caller has it open already (default: from model.json).
+    progress: called as progress(n_images, loss=...) during fine-tuning.
+    """
+    import nncf
+
+    _require_strip_support()
+    # NNCF compiles a C++ extension on first use (about two minutes on two cores) under a 60 s default
+    # limit; hitting it fails the run after the calibration. Allow the build unless the user chose a limit.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
+    source = checkpoint_dir(ckpt)
+    model, meta = load_checkpoint(source)
+    bundle = bundle if bundle is not None else _load_bundle(meta, source)
+    check_compatible(meta, bundle)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sha = checkpoint_sha256(source)
+    calib = [x for x, _ in bundle.batches("train", _CALIB_BATCH, limit=config.calib_size)]
+    samples = int(sum(len(x) for x in calib))
+    seconds: dict[str, float] = {}
+    accuracy, precision = {}, {}
+    accuracy["fp32"], precision["fp32"] = _accuracy(str(source), bundle, backend="torch")
+    start = time.perf_counter()
+    ptq = _post_training_int8(model, meta, sha, calib, out / PTQ_XML)
+    seconds["ptq"] = time.perf_counter() - start
+    accuracy["ptq_int8_openvino"], precision["ptq_int8_openvino"] = _accuracy(ptq["path"], bundle)
+    start = time.perf_counter()
+    folded = fold_batchnorm(model)
+    qmodel = nncf.quantize(model, nncf.Dataset([torch.from_numpy(x) for x in calib]), subset_size=len(calib),
+                           advanced_parameters=nncf.AdvancedQuantizationParameters(batchwise_statistics=True))
+    seconds["calibrate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    history = _fine_tune(qmodel, bundle, config, progress)
+    seconds["fine_tune"] = time.perf_counter() - start
+    qmeta = _export_meta(meta, config, folded, samples)
+    check = next(bundle.batches("val", _VALIDATE_SIZE))[0]
+    start = time.perf_counter()
+    files = {"openvino": export_qat_openvino(qmodel, qmeta, out / QAT_XML, check, sha),
+             "onnx": export_qat_onnx(qmodel, qmeta, out / QAT_ONNX, check, sha), "ptq_openvino": ptq}
+    seconds["export"] = time.perf_counter() - start
+    for key, fmt in (("qat_int8_openvino", "openvino"), ("qat_int8_onnx", "onnx")):
+        accuracy[key], precision[key] = _accuracy(files[fmt]["path"], bundle)
+    record = {
+        "source": str(source), "source_sha256": sha, "config": dataclasses.asdict(config),
+        "calibration": {"split": "train", "augmented": False, "samples": samples},
+        "epochs": config.epochs, "history": history, "batchnorm_folded": folded,
+        "test_samples": int(len(bundle.labels("test"))), "accuracy": accuracy,
+        "drop_points": {k: round((accuracy["fp32"] - v) * 100, 3) for k, v in accuracy.items() if k != "fp32"},
+        "precision": precision, "files": files, "versions": _versions(),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+    write_json(out / RECORD, record)
+    return record
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold each BatchNorm2d that reads only a Conv2d's output into that conv, in place; returns how many.
+
+    Folded, a quantized conv's output goes straight to its activation, the QDQ pattern ONNX Runtime and
+    TensorRT run as an int8 convolution. A model torch.fx cannot trace keeps its BatchNorms (returns 0).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as e:  # data-dependent control flow and the like: folding is an optimisation only
+        log.info("QAT: BatchNorm left unfolded, torch.fx cannot trace the model (%s)", e)
+        return 0
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        src = node.args[0] if node.args else None
+        if (node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d)
+                and isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1):
+            pairs.append((src.target, node.target))
+    was_training = model.training
+    model.eval()
+    for conv, bn in pairs:
+        model.set_submodule(conv, fuse_conv_bn_eval(modules[conv], modules[bn]))
+        model.set_submodule(bn, nn.Identity())
+    model.train(was_training)
+    return len(pairs)
+
+
+def export_qat_openvino(qmodel: nn.Module, meta: ModelMeta, out_xml: Path, check: np.ndarray,
+                        source_sha256: str) -> dict[str, Any]:
+    """Convert the fake-quantized torch model to an INT8 IR (FakeQuantize ops), validated before it is saved."""
+    import nncf
+    import openvino as ov
+
+    from edgeres.export.openvino.convert import INPUT_NAME, OUTPUT_NAME, save_ir, set_edgeres_info
+
+    c, h, w = meta.input_shape
+    with _eval(qmodel), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)   # torch.jit.trace's deprecation notice
+        warnings.filterwarnings("ignore", message=r".*[Tt]race")     # NNCF reads quantizer levels while tracing
+        ov_model = ov.convert_model(qmodel, example_input=torch.zeros(1, c, h, w),
+                                    input=[([-1, c, h, w], ov.Type.f32)])
+        reference = qmodel(torch.from_numpy(check)).numpy()
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    stats = _validate("OpenVINO", reference, ov.Core().compile_model(ov_model, "CPU")(check)[0])
+    set_edgeres_info(ov_model, meta, {"precision": "int8", "source_sha256": source_sha256, "quantization": "qat",
+                                      "openvino_version": ov.get_version(), "nncf_version": nncf.__version__})
+    save_ir(ov_model, out_xml, compress_to_fp16=False)
+    return {"path": str(out_xml), "bin_path": str(out_xml.with_suffix(".bin")), "sha256": sha256_file(out_xml),
+            "bytes": out_xml.stat().st_size + out_xml.with_suffix(".bin").stat().st_size, "validation": stats}
+
+
+def export_qat_onnx(qmodel: nn.Module, meta: ModelMeta, out: Path, check: np.ndarray,
+                    source_sha256: str) -> dict[str, Any]:
+    """Strip NNCF's quantizers to torch FakeQuantize (nncf.strip), export QuantizeLinear/DequantizeLinear ONNX."""
+    import nncf
+    import onnxruntime as ort
+
+    from edgeres.export.onnx.convert import INPUT_NAME, export_onnx
+
+    c, h, w = meta.input_shape
+    with _eval(qmodel):
+        native = nncf.strip(qmodel, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
+                            example_input=torch.zeros(1, c, h, w))
+    with _eval(native):
+        reference = native(torch.from_numpy(check)).numpy()
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        # export_onnx's own check is the fp32 one; an int8 graph is judged on agreement below.
+        record = export_onnx(native, meta, staged, validate=False, source_sha256=source_sha256)
+        session = ort.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
+        record["validation"] = _validate("ONNX", reference, session.run(None, {INPUT_NAME: check})[0])
+        os.replace(staged, out)
+    record.update(path=str(out), quantization="qat")
+    return record
+
+
+def _fine_tune(qmodel: nn.Module, bundle: Any, config: QATConfig,
+               progress: Callable[..., None] | None) -> list[dict[str, Any]]:
+    """`config.epochs` of cross-entropy on the augmented training split; the draws depend on seed and epoch."""
+    from edgeres.train.loop import train_epoch
+
+    torch.manual_seed(config.seed)
+    params = [p for p in qmodel.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    history = []
+    for epoch in range(config.epochs):
+        torch.manual_seed(config.seed * 10_007 + epoch)
+        loader = torch.utils.data.DataLoader(bundle.dataset("train"), config.batch_size, shuffle=True,
+                                             generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch))
+        start = time.perf_counter()
+        loss, acc, seen = train_epoch(qmodel, loader, optimizer, lambda logits, y, x: F.cross_entropy(logits, y),
+                                      progress)
+        history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc, "samples": seen,
+                        "seconds": round(time.perf_counter() - start, 2)})
+        log.info("QAT epoch %d/%d  loss %.4f  acc %.4f", epoch + 1, config.epochs, loss, acc)
+    qmodel.eval()
+    return history
+
+
+def _post_training_int8(model: nn.Module, meta: ModelMeta, sha: str, calib: list[np.ndarray],
+                        out_xml: Path) -> dict[str, Any]:
+    """Plain NNCF post-training INT8 of the fp32 IR, from the same calibration images, for comparison."""
+    from edgeres.export.openvino.convert import export_openvino
+    from edgeres.export.openvino.quantize import quantize_openvino
+
+    with tempfile.TemporaryDirectory(prefix=".qat-fp32.", dir=out_xml.parent) as tmp:
+        fp32 = export_openvino(model, meta, Path(tmp) / "model.fp32.xml", source_sha256=sha)
+        record = quantize_openvino(fp32["path"], calib, out_xml, subset_size=sum(map(len, calib)))
+    record.update(sha256=sha256_file(out_xml), source_ir="(temporary fp32 IR)")
+    return record
+
+
+def _accuracy(path: str, bundle: Any, backend: str | None = None) -> tuple[float, str]:
+    """Test-split top-1 of an artifact through its Runner, and the precision that Runner executes."""
+    from edgeres import runtime
+    from edgeres.evaluate.classify import evaluate_runner
+
+    runner = runtime.load(path, backend=backend)
+    metrics, _ = evaluate_runner(runner, bundle, splits=("test",))
+    return float(metrics["test"]["accuracy"]), runner.info.precision
+
+
+def _validate(what: str, reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    from edgeres.export.validate import TOLERANCES, compare_outputs, judge
+
+    stats = compare_outputs(reference, candidate)
+    reasons = judge(stats, TOLERANCES["int8"])
+    if reasons:
+        raise RuntimeError(f"the QAT {what} export does not match the fake-quantized model: {'; '.join(reasons)}")
+    return stats
+
+
+def _export_meta(meta: ModelMeta, config: QATConfig, folded: int, samples: int) -> ModelMeta:
+    qat = {"method": "qat", "config": dataclasses.asdict(config), "calibration_samples": samples,
+           "batchnorm_folded": folded}
+    return dataclasses.replace(copy.deepcopy(meta), compression={**meta.compression, "quantization": qat})
+
+
+def _load_bundle(meta: ModelMeta, source: Path) -> Any:
+    from edgeres.data import DataConfig, load_data
+
+    if not meta.data:
+        raise UserInputError(f"{source} records no training data; QAT needs it to calibrate, fine-tune and measure")
+    return load_data(DataConfig.from_dict(meta.data))
+
+
+def _require_strip_support() -> None:
+    """Fail before training, not after: nncf.strip (the QDQ ONNX route) imports torchao."""
+    try:
+        import torchao  # noqa: F401
+    except ImportError as e:
+        raise UserInputError("QAT's QDQ ONNX export needs torchao (nncf.strip imports it): pip install torchao") from e
+
+
+def _versions() -> dict[str, str]:
+    import nncf
+    import onnx
+    import onnxruntime
+    import openvino
+    import torchao
+
+    return {"torch": torch.__version__, "nncf": nncf.__version__, "openvino": openvino.get_version(),
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "torchao": torchao.__version__}
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the block, then the model's own mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
