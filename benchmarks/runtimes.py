@@ -266,7 +266,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=200, help="timed runs per contender (fewer if over budget)")
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--max-seconds", type=float, default=180.0, help="time budget of the timed phase")
     ap.add_argument("--workdir", help="keep the exported models here (default: a temporary folder)")

@@ -203,6 +203,109 @@ def prune_cmd(
         console.print(summary["prune"]["note"])
 
 
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _csv(text, option))
+    except ValueError:
+        raise UserInputError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+@app.command("bench")
+def bench_cmd(
+    artifacts: list[Path] = typer.Argument(..., help="Checkpoints and exported files to measure."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for results.json (and the report)."),
+    batch_sizes: str = typer.Option("1", help="Batch sizes to sweep, e.g. 1,8."),
+    threads: str = typer.Option("2", help="Thread counts to sweep, e.g. 1,2."),
+    runs: int = typer.Option(200, help="Timed runs per setting (after warm-up)."),
+    warmup: int = typer.Option(20, help="Untimed warm-up runs."),
+    budget: float = typer.Option(20.0, help="Seconds at most of timing per setting."),
+    precision: Optional[str] = typer.Option(None, help="Ask every runtime for this precision (e.g. fp32)."),
+    accuracy: bool = typer.Option(True, help="Evaluate each artifact on its test split."),
+    baseline: Optional[str] = typer.Option(None, help="Artifact name speed-ups are relative to (default: first)."),
+    report: bool = typer.Option(True, help="Also write report.md / report.html / plots into --out."),
+) -> None:
+    """Latency (p50/p90/p99), size, peak memory and accuracy of each artifact, measured the same way."""
+    from edgeres.bench.run import BenchConfig, bench_artifacts, write_results
+
+    config = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=_ints(threads, "--threads"),
+                         runs=runs, warmup=warmup, budget_s=budget, precision=precision, accuracy=accuracy)
+    with progress_bar("benchmarking", total=None) as advance:
+        results = bench_artifacts(artifacts, config, baseline, progress=lambda what: advance(0, now=what))
+    written = write_results(results, out)
+    _print_summary(results)
+    console.print(f"wrote {written}")
+    if report:
+        _render(results, out)
+
+
+def _print_summary(results: dict) -> None:
+    from edgeres.report.render import summary_rows
+
+    columns, rows = summary_rows(results)
+    print_table("benchmark", columns, rows)
+
+
+def _render(results: dict, out: Path) -> None:
+    from edgeres.report.render import render_report
+
+    files = render_report(results, out)
+    console.print(f"report: {files['report.html']} and {files['report.md']}")
+
+
+@app.command("report")
+def report_cmd(
+    results: Path = typer.Argument(..., help="A results.json written by `edgeres bench`."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default: beside results.json)."),
+) -> None:
+    """Render report.md, a self-contained report.html and plots from results.json."""
+    import json
+
+    if not results.is_file():
+        raise UserInputError(f"{results} does not exist; expected a results.json from `edgeres bench`")
+    try:
+        data = json.loads(results.read_text())
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"{results} is not valid JSON: {e}") from None
+    _print_summary(data)
+    _render(data, out or results.parent)
+
+
+@app.command("check")
+def check_cmd(
+    baseline: Path = typer.Option(..., help="Reference artifact (e.g. the unpruned FP32 checkpoint)."),
+    candidate: Path = typer.Option(..., help="Artifact to gate (a checkpoint or an exported file)."),
+    data: Optional[str] = typer.Option(None, help="Data to test on (default: the baseline's test split)."),
+    max_drop: float = typer.Option(0.5, help="Largest allowed accuracy drop, in points."),
+    max_class_drop: Optional[float] = typer.Option(None, help="Largest allowed per-class recall drop, in points."),
+    max_latency_ms: Optional[float] = typer.Option(None, help="Largest allowed p50 latency (batch 1), ms."),
+    max_size_mb: Optional[float] = typer.Option(None, help="Largest allowed file size, MB."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    junit: Optional[Path] = typer.Option(None, help="Write a JUnit XML report here for CI systems."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+) -> None:
+    """The CI gate: exit 0 when the candidate keeps accuracy (and latency/size) within limits, 1 when not."""
+    from edgeres.artifacts import write_json
+    from edgeres.evaluate.check import check_artifacts
+    from edgeres.evaluate.gate import GateConfig, check_rows, write_junit
+
+    config = GateConfig(max_drop=max_drop, max_class_drop=max_class_drop, max_latency_ms=max_latency_ms,
+                        max_size_mb=max_size_mb)
+    result = check_artifacts(baseline, candidate, config, data=data, threads=threads)
+    columns, rows = check_rows(result)
+    print_table(f"gate: {candidate} vs {baseline}", columns, rows)
+    for w in result.warnings:
+        console.print(f"warning: {w}", highlight=False)
+    if junit:
+        write_junit(result, junit)
+    if json_out:
+        write_json(json_out, result.to_dict())
+    if not result.passed:
+        for reason in result.reasons:
+            fail(reason)
+        raise typer.Exit(1)
+    console.print("gate passed")
+
+
 def main() -> None:
     """Entry point: bad input exits 2 with its message, never a traceback; usage errors exit 2 too."""
     setup_logging()

@@ -99,7 +99,7 @@ def test_record_is_written_and_consistent(qat):
     for key in ("openvino", "onnx", "ptq_openvino"):
         assert (out / record["files"][key]["path"]).is_file() and len(record["files"][key]["sha256"]) == 64
     for key in ("openvino", "onnx"):
-        assert record["files"][key]["validation"]["top1_agreement"] >= 0.9
+        assert record["files"][key]["validation"]["top1_agreement"] >= 0.85
     assert {"torch", "nncf", "openvino", "onnx", "onnxruntime"} <= set(record["versions"])
 
 

@@ -1,0 +1,108 @@
+"""`edgeres bench`: latency, size, memory and accuracy of artifacts, each measured in its own process."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeres.artifacts import write_json
+from edgeres.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: tuple[int, ...] = (2,)
+    warmup: int = 20
+    runs: int = 200
+    budget_s: float | None = 20.0    # stop timing one configuration after this long (>= 5 runs kept)
+    end_to_end: bool = True          # also time preprocessing of a raw camera-sized image
+    accuracy: bool = True            # evaluate on the test split under the same runner settings
+    precision: str | None = None     # ask every runtime for this precision (e.g. fp32); default: its own
+    data: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_sizes", "threads"):
+            values = getattr(self, name)
+            if not values or any((not isinstance(v, int)) or v < 1 for v in values):
+                raise UserInputError(f"{name} must be positive integers, got {values!r}")
+        if self.runs < 1 or self.warmup < 0:
+            raise UserInputError(f"runs must be >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """The machine and software a measurement belongs to."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("edgeres", "torch", "onnxruntime", "openvino", "nncf", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "versions": versions,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def artifact_size(path: Path) -> int:
+    """Bytes on disk of what a target needs: a checkpoint's weights, an IR's .xml + .bin, a file."""
+    from edgeres.checkpoint import WEIGHTS_FILE, is_checkpoint
+
+    if is_checkpoint(path):
+        return (path / WEIGHTS_FILE).stat().st_size
+    if path.suffix == ".xml":
+        return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    return path.stat().st_size
+
+
+def bench_artifacts(paths: list[str | Path], config: BenchConfig = BenchConfig(), baseline: str | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure every artifact at every (batch, threads); one fresh process per artifact and setting."""
+    from edgeres.runtime import detect_backend
+
+    entries = []
+    for p in map(Path, paths):
+        detect_backend(p)  # fail fast, before minutes of measuring, on a path nothing can run
+        for threads in config.threads:
+            for batch in config.batch_sizes:
+                if progress:
+                    progress(f"{p.name} batch {batch} threads {threads}")
+                entries.append(_measure_in_subprocess(p, batch, threads, config))
+    names = [e["name"] for e in entries]
+    if baseline is not None and baseline not in names:
+        raise UserInputError(f"baseline {baseline!r} is not among the artifacts {names}")
+    return {"environment": environment(), "config": dataclasses.asdict(config), "artifacts": entries,
+            "baseline": baseline or (names[0] if names else None), "gate": None}
+
+
+def _measure_in_subprocess(path: Path, batch: int, threads: int, config: BenchConfig) -> dict[str, Any]:
+    job = {"path": str(path), "batch": batch, "threads": threads, "config": dataclasses.asdict(config)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    res = subprocess.run([sys.executable, "-m", "edgeres.bench.worker", json.dumps(job)], capture_output=True,
+                         text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"measuring {path} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(out / "results.json", results)

@@ -1,0 +1,79 @@
+"""One measurement in a fresh process, so its peak resident memory is its own: prints one JSON line."""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def preprocess(image: np.ndarray, meta) -> np.ndarray:
+    """A raw HxWxC uint8 camera frame to the model's normalised NCHW float32 input."""
+    from PIL import Image
+
+    mode = "L" if meta.in_chans == 1 else "RGB"
+    pil = Image.fromarray(image).convert(mode).resize((meta.img_size, meta.img_size), Image.BILINEAR)
+    x = np.asarray(pil, dtype=np.float32) / 255.0
+    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    mean = np.asarray(meta.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(meta.std, dtype=np.float32)[:, None, None]
+    return ((x - mean) / std)[None]
+
+
+def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict[str, Any]:
+    from edgeres import runtime
+    from edgeres.bench.latency import runner_latency, time_calls
+    from edgeres.bench.profile import count_macs, count_params
+    from edgeres.bench.run import artifact_size
+    from edgeres.checkpoint import build_model
+
+    runner = runtime.load(path, precision=config["precision"], threads=threads)
+    lat = runner_latency(runner, batch, config["warmup"], config["runs"], config["budget_s"])
+    engine = {**lat.summary(), "samples_ms": lat.samples_ms}
+    end_to_end = None
+    if config["end_to_end"] and batch == 1 and runner.info.input_shape[0] in (None, 1):
+        frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a VGA camera frame
+        e2e = time_calls(lambda: runner(preprocess(frame, runner.meta)), config["warmup"], config["runs"],
+                         config["budget_s"])
+        end_to_end = {**e2e.summary(), "samples_ms": e2e.samples_ms}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model = build_model(runner.meta)
+    entry = {
+        "name": _name(Path(path), batch, threads, config), "path": path, "backend": runner.info.backend,
+        "precision": runner.info.precision, "threads": threads, "batch_size": batch,
+        "input_shape": [batch, *runner.meta.input_shape], "size_bytes": artifact_size(Path(path)),
+        "params": count_params(model), "macs": count_macs(model, runner.meta.input_shape),
+        "peak_rss_mb": round(peak_rss_mb, 1), "latency": {"engine": engine, "end_to_end": end_to_end},
+        "runner": runner.info.to_dict(), "metrics": None, "class_names": runner.meta.class_names,
+    }
+    if config["accuracy"]:
+        entry["metrics"] = _accuracy(runner, config["data"])
+    return entry
+
+
+def _accuracy(runner, data: str | None) -> dict[str, Any]:
+    from edgeres.data import load_data
+    from edgeres.evaluate import data_config_for, evaluate_runner
+
+    metrics, _ = evaluate_runner(runner, load_data(data_config_for(runner.meta, data)), splits=("test",))
+    return metrics["test"]
+
+
+def _name(path: Path, batch: int, threads: int, config: dict[str, Any]) -> str:
+    from edgeres.checkpoint import is_checkpoint
+
+    name = f"{path.name} (torch)" if is_checkpoint(path) else path.name
+    if len(config["batch_sizes"]) > 1:
+        name += f" b{batch}"
+    if len(config["threads"]) > 1:
+        name += f" t{threads}"
+    return name
+
+
+if __name__ == "__main__":
+    job = json.loads(sys.argv[1])
+    result = measure(job["path"], job["batch"], job["threads"], job["config"])
+    sys.stdout.write(json.dumps(result) + "\n")

@@ -1,0 +1,136 @@
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from edgeres.artifacts import read_json
+from edgeres.bench.run import BenchConfig, bench_artifacts
+from edgeres.compress.job import FinetuneConfig, compress_checkpoint
+from edgeres.errors import UserInputError
+from edgeres.export import ExportConfig, export_checkpoint
+from edgeres.report.render import render_report
+
+CLI = [sys.executable, "-m", "edgeres.cli"]
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_exports")
+    export_checkpoint(tiny_checkpoint, out, ExportConfig(formats=("onnx",), precisions=("fp32",)))
+    return out / "model.fp32.onnx"
+
+
+@pytest.fixture(scope="module")
+def results(tiny_checkpoint, onnx_file):
+    config = BenchConfig(runs=20, warmup=3, budget_s=5)
+    return bench_artifacts([tiny_checkpoint, onnx_file], config)
+
+
+def test_bench_measures_latency_size_memory_accuracy(results, tiny_checkpoint):
+    env = results["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and "torch" in env["versions"]
+    torch_entry, onnx_entry = results["artifacts"]
+    assert results["baseline"] == torch_entry["name"]
+    for e in (torch_entry, onnx_entry):
+        engine = e["latency"]["engine"]
+        assert len(engine["samples_ms"]) == engine["runs"] and 5 <= engine["runs"] <= 20
+        assert 0 < engine["p50_ms"] <= engine["p90_ms"] <= engine["p99_ms"]
+        assert e["latency"]["end_to_end"]["p50_ms"] > 0
+        assert e["size_bytes"] > 0 and e["peak_rss_mb"] > 50 and e["threads"] == 2
+        assert e["params"] == torch_entry["params"] and e["macs"] == torch_entry["macs"]
+    assert torch_entry["backend"] == "torch" and onnx_entry["backend"] == "onnxruntime"
+    reference = read_json(tiny_checkpoint / "metrics.json")["test"]["accuracy"]
+    assert torch_entry["metrics"]["accuracy"] == reference
+    assert onnx_entry["metrics"]["accuracy"] == pytest.approx(reference, abs=1 / 359)
+
+
+def test_bench_refuses_unknown_artifact(tmp_path):
+    with pytest.raises(UserInputError, match="no such file"):
+        bench_artifacts([tmp_path / "missing.onnx"])
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name) and shutil.which("chromedriver"):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium + chromedriver on this machine (.ci/run installs "
+                                                "Debian's chromium and chromium-driver)")
+def test_report_html_renders_in_a_real_browser(results, tmp_path):
+    pytest.importorskip("selenium", reason="selenium drives the browser")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    files = render_report(results, tmp_path)
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(files["report.html"].resolve().as_uri())
+        rows = driver.execute_script("return document.querySelectorAll('#summary tbody tr').length")
+        images = driver.execute_script(
+            "return [...document.images].map(i => [i.complete && i.naturalWidth > 0, i.alt])")
+        driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+    assert rows == len(results["artifacts"])
+    assert images and all(ok for ok, _ in images), images
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_cli_bench_and_report(tiny_checkpoint, tmp_path):
+    res = subprocess.run([*CLI, "bench", str(tiny_checkpoint), "--out", str(tmp_path), "--runs", "10",
+                          "--warmup", "2", "--no-accuracy"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.html").is_file()
+    again = subprocess.run([*CLI, "report", str(tmp_path / "results.json"), "--out", str(tmp_path / "r2")],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "r2" / "report.md").is_file()
+    bad = subprocess.run([*CLI, "report", str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert bad.returncode == 2
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_checkpoint, tmp_path_factory):
+    """Most weights zeroed and no fine-tuning: a compression gone wrong that the gate must catch."""
+    out = tmp_path_factory.mktemp("broken") / "b"
+    compress_checkpoint(tiny_checkpoint, out, None, FinetuneConfig(epochs=0), sparsity=0.9)
+    return out
+
+
+def test_gate_passes_identical_and_fails_broken(tiny_checkpoint, onnx_file, broken, tmp_path):
+    ok = subprocess.run([*CLI, "check", "--baseline", str(tiny_checkpoint), "--candidate", str(onnx_file),
+                         "--max-drop", "0.5"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    junit = tmp_path / "gate.xml"
+    bad = subprocess.run([*CLI, "check", "--baseline", str(tiny_checkpoint), "--candidate", str(broken),
+                          "--max-drop", "0.5", "--max-class-drop", "2", "--junit", str(junit),
+                          "--json", str(tmp_path / "gate.json")], capture_output=True, text=True)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "accuracy dropped" in bad.stderr and "fail" in bad.stdout.lower()
+    suite = ET.parse(junit).getroot()
+    assert suite.get("failures") == "2" and suite.get("tests") == "2"
+    gate = read_json(tmp_path / "gate.json")
+    assert gate["passed"] is False and gate["delta_ci_points"][1] < 0
+
+
+def test_gate_refuses_mismatched_models(tiny_checkpoint, tmp_path):
+    from edgeres.data import DataConfig
+    from edgeres.train.config import TrainConfig
+    from edgeres.train.loop import train
+
+    other = tmp_path / "shapes"
+    train(TrainConfig(model="test_resnet", data=DataConfig("shapes", img_size=24, shapes_per_class=6),
+                      out=str(other), epochs=1))
+    res = subprocess.run([*CLI, "check", "--baseline", str(tiny_checkpoint), "--candidate", str(other)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "different classes" in res.stderr
