@@ -116,8 +116,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         per = r["ratio_per_repeat"]
         lines.append(f"| {r['ir']} | {r['runner_precision']} (hint {r['inference_precision_hint']}) | "
-                     f"{r['benchmark_app_p50_ms']:.2f} | {r['edgeres_p50_ms']:.2f} | {r['ratio_paired_median']:.3f} | "
-                     f"{r['ratio_of_medians']:.3f} | {min(per):.2f}-{max(per):.2f} |")
+                     f"{r['benchmark_app_p50_ms']:.2f} | {r['edgeres_p50_ms']:.2f} | "
+                     f"{r['ratio_paired_median']:.3f} | {r['ratio_of_medians']:.3f} | {min(per):.2f}-{max(per):.2f} |")
     return "\n".join(lines)
 
 

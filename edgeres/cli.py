@@ -306,6 +306,37 @@ def check_cmd(
     console.print("gate passed")
 
 
+@app.command("run")
+def run_cmd(
+    recipe: str = typer.Argument(..., help="A packaged recipe name (e.g. demo) or a recipe YAML file."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<recipe name>)."),
+    force: bool = typer.Option(False, help="Rerun every stage even if its inputs are unchanged."),
+) -> None:
+    """Run a whole pipeline: train, prune+distill, export+quantize, bench, check, report."""
+    from edgeres.artifacts import read_json
+    from edgeres.pipeline import run_recipe
+    from edgeres.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    summary = run_recipe(r, out=out, force=force,
+                         on_stage=lambda stage, what: console.print(f"[bold]{stage}[/]: {what}", highlight=False))
+    run = Path(summary["run"])
+    if r.bench:
+        _print_summary({**read_json(run / "bench" / "results.json"), "gate": summary["gate"]})
+    if summary["gate"] is not None:
+        from edgeres.evaluate.gate import check_rows
+
+        columns, rows = check_rows(summary["gate"])
+        print_table(f"gate: {summary['gate']['candidate_name']} vs the trained FP32 checkpoint", columns, rows)
+    if r.report:
+        console.print(f"report: {(run / 'report' / 'report.html').resolve()}")
+    console.print(f"run directory: {run.resolve()} (manifest.json lists every stage's inputs and outputs)")
+    if summary["passed"] is False:
+        for reason in summary["gate"]["reasons"]:
+            fail(reason)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: bad input exits 2 with its message, never a traceback; usage errors exit 2 too."""
     setup_logging()

@@ -1,0 +1,217 @@
+"""`edgeres run`: a recipe's stages into one run directory, skipping stages whose inputs are unchanged."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeres.artifacts import read_json, sha256_file, write_json
+from edgeres.errors import UserInputError
+from edgeres.recipe import Recipe
+
+log = logging.getLogger("edgeres")
+
+STAGES = ("train", "prune", "export", "bench", "check", "report")
+MANIFEST = "manifest.json"
+_NOT_HASHED = {"last"}  # training's resume state: intermediate, large, rewritten every epoch
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _outputs(directory: Path) -> dict[str, str]:
+    files = (p for p in sorted(directory.rglob("*")) if p.is_file()
+             and not (set(p.relative_to(directory).parts) & _NOT_HASHED))
+    return {str(p.relative_to(directory)): sha256_file(p) for p in files}
+
+
+class Manifest:
+    """manifest.json: per stage its input key, outputs with sha256, config, versions and wall time."""
+
+    def __init__(self, run: Path):
+        self.path = run / MANIFEST
+        self.data = read_json(self.path) if self.path.is_file() else {"stages": {}}
+
+    def is_current(self, stage: str, key: str, directory: Path) -> bool:
+        rec = self.data["stages"].get(stage)
+        return bool(rec and rec["key"] == key and rec["status"] == "done" and directory.is_dir()
+                    and _outputs(directory) == rec["outputs"])
+
+    def was_started(self, stage: str, key: str) -> bool:
+        rec = self.data["stages"].get(stage)
+        return bool(rec and rec["key"] == key and rec["status"] == "started")
+
+    def record(self, stage: str, **fields: Any) -> None:
+        self.data["stages"][stage] = {**self.data["stages"].get(stage, {}), **fields}
+        write_json(self.path, self.data)
+
+
+class _Run:
+    """Paths of one run directory and what earlier stages produced."""
+
+    def __init__(self, recipe: Recipe, root: Path):
+        self.recipe, self.root = recipe, root
+        self.dirs = {s: root / ("pruned" if s == "prune" else s) for s in STAGES}
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dirs["prune"] if self.recipe.prune else self.dirs["train"]
+
+    def data_config(self):
+        from edgeres.data import DataConfig
+
+        return DataConfig(**self.recipe.data.model_dump())
+
+
+def _stage_train(run: _Run, resume: bool) -> None:
+    from edgeres.train.config import TrainConfig
+    from edgeres.train.loop import train
+
+    t = run.recipe.train
+    train(TrainConfig(model=t.model, data=run.data_config(), out=str(run.dirs["train"]), epochs=t.epochs,
+                      batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, scheduler=t.scheduler,
+                      patience=t.patience, balance=t.balance, weights=t.weights, freeze=t.freeze,
+                      seed=run.recipe.seed, resume=resume))
+
+
+def _stage_prune(run: _Run, resume: bool) -> None:
+    from edgeres.compress.job import FinetuneConfig, compress_checkpoint
+    from edgeres.compress.prune import PruneConfig
+
+    p = run.recipe.prune
+    if (p.macs is None) == (p.params is None):
+        raise UserInputError("prune: give exactly one of macs or params")
+    target, amount = ("macs", p.macs) if p.macs is not None else ("params", p.params)
+    config = PruneConfig(target=target, amount=amount, importance=p.importance, global_pruning=p.global_pruning,
+                         round_to=p.round_to, steps=p.steps)
+    ft = FinetuneConfig(epochs=p.finetune_epochs, lr=p.lr, teacher=str(run.dirs["train"]) if p.distill else None,
+                        temperature=p.temperature, alpha=p.alpha, seed=run.recipe.seed)
+    compress_checkpoint(run.dirs["train"], run.dirs["prune"], config, ft)
+
+
+def _stage_export(run: _Run, resume: bool) -> None:
+    from edgeres.export import ExportConfig, export_checkpoint
+
+    e = run.recipe.export
+    doc = export_checkpoint(run.model_dir, run.dirs["export"],
+                            ExportConfig(formats=tuple(e.to), precisions=tuple(e.precisions),
+                                         calib_size=e.calib_size, max_drop=e.max_drop))
+    if not doc["artifacts"]:
+        raise RuntimeError(f"every export failed validation; see {run.dirs['export'] / 'export.json'}")
+
+
+def _bench_paths(run: _Run) -> list[Path]:
+    paths = [run.dirs["train"]] + ([run.dirs["prune"]] if run.recipe.prune else [])
+    if run.recipe.export:
+        doc = read_json(run.dirs["export"] / "export.json")
+        paths += [Path(a["file"]) for a in doc["artifacts"] if a["backend"] != "tensorrt"]
+    return paths
+
+
+def _stage_bench(run: _Run, resume: bool) -> None:
+    from edgeres.bench.run import BenchConfig, bench_artifacts, write_results
+
+    b = run.recipe.bench
+    config = BenchConfig(batch_sizes=tuple(b.batch_sizes), threads=tuple(b.threads), runs=b.runs, warmup=b.warmup,
+                         budget_s=b.budget_s)
+    write_results(bench_artifacts(_bench_paths(run), config), run.dirs["bench"])
+
+
+def pick_candidate(results: dict[str, Any], choice: str) -> dict[str, Any]:
+    """The artifact the gate judges: the fastest (INT8) one at p50, or one named."""
+    arts = results["artifacts"]
+    if choice in ("fastest-int8", "fastest"):
+        pool = [a for a in arts if choice == "fastest" or "int8" in a["precision"]]
+        if not pool:
+            raise UserInputError(f"check.candidate={choice!r} but no artifact qualifies")
+        return min(pool, key=lambda a: a["latency"]["engine"]["p50_ms"] / a["batch_size"])
+    named = [a for a in arts if a["name"] == choice or Path(a["path"]).name == choice]
+    if not named:
+        raise UserInputError(f"check.candidate={choice!r} is none of {[a['name'] for a in arts]}")
+    return named[0]
+
+
+def _stage_check(run: _Run, resume: bool) -> None:
+    from edgeres.evaluate.check import check_artifacts
+    from edgeres.evaluate.gate import GateConfig, write_junit
+
+    c = run.recipe.check
+    results = read_json(run.dirs["bench"] / "results.json") if run.recipe.bench else None
+    if results is None:
+        raise UserInputError("the check stage needs a bench stage to pick its candidate from")
+    cand = pick_candidate(results, c.candidate)
+    config = GateConfig(max_drop=c.max_drop, max_class_drop=c.max_class_drop, max_latency_ms=c.max_latency_ms,
+                        max_size_mb=c.max_size_mb)
+    result = check_artifacts(run.dirs["train"], cand["path"], config)
+    out = run.dirs["check"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_junit(result, out / "junit.xml")
+    write_json(out / "gate.json", {"baseline": str(run.dirs["train"]), "candidate": cand["path"],
+                                   "candidate_name": cand["name"], **result.to_dict()})
+
+
+def _stage_report(run: _Run, resume: bool) -> None:
+    from edgeres.report.render import render_report
+
+    results = read_json(run.dirs["bench"] / "results.json")
+    if run.recipe.check:
+        results["gate"] = read_json(run.dirs["check"] / "gate.json")
+    render_report(results, run.dirs["report"])
+
+
+_RUNNERS: dict[str, Callable[[_Run, bool], None]] = {
+    "train": _stage_train, "prune": _stage_prune, "export": _stage_export, "bench": _stage_bench,
+    "check": _stage_check, "report": _stage_report,
+}
+
+
+def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = False,
+               on_stage: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run `recipe`'s stages in order into `out`; returns {stage: "ran"|"skipped"} and the gate verdict."""
+    from edgeres import __version__
+
+    root = Path(out or recipe.out or Path("runs") / recipe.name)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "recipe.json", recipe.model_dump())
+    manifest = Manifest(root)
+    run = _Run(recipe, root)
+    upstream = _digest({"data": recipe.data.model_dump(), "seed": recipe.seed, "edgeres": __version__})
+    done: dict[str, str] = {}
+    for stage in STAGES:
+        cfg = getattr(recipe, stage)
+        if cfg is None:
+            continue
+        key = _digest({"stage": stage, "config": cfg.model_dump(), "upstream": upstream})
+        upstream = key
+        directory = run.dirs[stage]
+        if not force and manifest.is_current(stage, key, directory):
+            done[stage] = "skipped"
+            if on_stage:
+                on_stage(stage, "unchanged, skipped")
+            continue
+        resume = stage == "train" and manifest.was_started(stage, key) and (directory / "last").is_dir()
+        if directory.exists() and not resume:
+            shutil.rmtree(directory)  # stale: made from other inputs, or half-made by an interrupted run
+        if on_stage:
+            on_stage(stage, "resuming" if resume else "running")
+        start = time.perf_counter()
+        manifest.record(stage, key=key, status="started", config=cfg.model_dump(),
+                        started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        _RUNNERS[stage](run, resume)
+        manifest.record(stage, status="done", outputs=_outputs(directory), wall_s=round(time.perf_counter() - start, 2),
+                        versions=_versions())
+        done[stage] = "resumed" if resume else "ran"
+    gate = read_json(run.dirs["check"] / "gate.json") if recipe.check else None
+    return {"run": str(root), "stages": done, "passed": None if gate is None else gate["passed"], "gate": gate}
+
+
+def _versions() -> dict[str, str]:
+    from edgeres.export import _versions as export_versions
+
+    return export_versions()
