@@ -60,3 +60,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def package_versions(names: tuple[str, ...] = ("edgeres", "torch", "torchvision", "numpy", "onnx", "onnxruntime",
+                                               "onnxslim", "openvino", "nncf")) -> dict[str, str]:
+    """Installed versions of `names`; packages that are not installed are left out."""
+    from importlib import metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

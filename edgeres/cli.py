@@ -306,6 +306,29 @@ def check_cmd(
     console.print("gate passed")
 
 
+@app.command("qat")
+def qat_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to quantize with training."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the INT8 exports and qat.json."),
+    epochs: int = typer.Option(3, help="Fake-quantized fine-tuning epochs."),
+    lr: float = typer.Option(1e-4, help="Fine-tuning learning rate."),
+    calib_size: int = typer.Option(300, help="Training-split images for the initial quantization ranges."),
+    budget: Optional[float] = typer.Option(None, help="Accuracy budget in points: says whether QAT beat PTQ to it."),
+) -> None:
+    """Quantization-aware training (NNCF): when post-training INT8 loses more accuracy than allowed."""
+    from edgeres.compress.qat import QATConfig, quantization_aware_training, recommend_qat
+
+    record = quantization_aware_training(checkpoint, out, QATConfig(epochs=epochs, lr=lr, calib_size=calib_size))
+    acc, drops = record["accuracy"], record["drop_points"]
+    rows = [(k, acc[k] * 100 if acc.get(k) is not None else None, drops.get(k)) for k in acc]
+    print_table(f"QAT of {checkpoint} -> {out}", ["model", "test accuracy %", "drop (points)"], rows)
+    if budget is not None:
+        ptq = drops.get("ptq_int8_openvino")
+        verdict = "exceeds" if ptq is not None and recommend_qat(ptq, budget) else "is within"
+        console.print(f"post-training INT8 {verdict} the {budget}-point budget")
+    console.print(f"wrote {out / 'qat.json'}")
+
+
 @app.command("run")
 def run_cmd(
     recipe: str = typer.Argument(..., help="A packaged recipe name (e.g. demo) or a recipe YAML file."),

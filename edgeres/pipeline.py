@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeres.artifacts import read_json, sha256_file, write_json
+from edgeres.artifacts import package_versions, read_json, sha256_file, write_json
 from edgeres.errors import UserInputError
 from edgeres.recipe import Recipe
 
@@ -205,13 +205,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
                         started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         _RUNNERS[stage](run, resume)
         manifest.record(stage, status="done", outputs=_outputs(directory), wall_s=round(time.perf_counter() - start, 2),
-                        versions=_versions())
+                        versions=package_versions())
         done[stage] = "resumed" if resume else "ran"
     gate = read_json(run.dirs["check"] / "gate.json") if recipe.check else None
     return {"run": str(root), "stages": done, "passed": None if gate is None else gate["passed"], "gate": gate}
-
-
-def _versions() -> dict[str, str]:
-    from edgeres.export import _versions as export_versions
-
-    return export_versions()

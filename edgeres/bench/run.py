@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeres.artifacts import write_json
+from edgeres.artifacts import package_versions, write_json
 from edgeres.errors import UserInputError
 
 
@@ -48,14 +48,7 @@ def cpu_model() -> str:
 
 def environment() -> dict[str, Any]:
     """The machine and software a measurement belongs to."""
-    from importlib import metadata
-
-    versions = {}
-    for name in ("edgeres", "torch", "onnxruntime", "openvino", "nncf", "numpy"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = package_versions()
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

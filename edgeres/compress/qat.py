@@ -26,6 +26,7 @@ from edgeres.artifacts import sha256_file, write_json
 from edgeres.checkpoint import ModelMeta, checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres.evaluate.classify import check_compatible
+from edgeres.models.base import evaluating
 
 log = logging.getLogger("edgeres")
 
@@ -133,7 +134,7 @@ def fold_batchnorm(model: nn.Module) -> int:
                 and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1
                 and calls[src.target] == calls[node.target] == 1):
             pairs.append((src.target, node.target))
-    with _eval(model):
+    with evaluating(model):
         for conv, bn in pairs:
             model.set_submodule(conv, fuse_conv_bn_eval(modules[conv], modules[bn]))
             model.set_submodule(bn, nn.Identity())
@@ -149,7 +150,7 @@ def export_qat_openvino(qmodel: nn.Module, meta: ModelMeta, out_xml: Path, check
     from edgeres.export.openvino.convert import INPUT_NAME, OUTPUT_NAME, save_ir, set_edgeres_info
 
     c, h, w = meta.input_shape
-    with _eval(qmodel), warnings.catch_warnings():
+    with evaluating(qmodel), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)   # torch.jit.trace's deprecation notice
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         ov_model = ov.convert_model(qmodel, example_input=torch.zeros(1, c, h, w),
@@ -174,10 +175,10 @@ def export_qat_onnx(qmodel: nn.Module, meta: ModelMeta, out: Path, check: np.nda
     from edgeres.export.onnx.convert import INPUT_NAME, export_onnx
 
     c, h, w = meta.input_shape
-    with _eval(qmodel):
+    with evaluating(qmodel):
         native = nncf.strip(qmodel, do_copy=True, strip_format=nncf.StripFormat.NATIVE,
                             example_input=torch.zeros(1, c, h, w))
-    with _eval(native):
+    with evaluating(native):
         reference = native(torch.from_numpy(check)).numpy()
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
@@ -278,18 +279,6 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {name: version(name) for name in ("torch", "nncf", "openvino", "onnx", "onnxruntime", "torchao")}
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the block, then the model's own mode back."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgeres.artifacts import sha256_file, write_json
+from edgeres.artifacts import package_versions, sha256_file, write_json
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 
@@ -198,7 +198,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
                         "samples": int(sum(len(b) for b in ctx.calib))},
         "validation": {"split": "val", "samples": int(len(ctx.val_batch))},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}, "artifacts": entries, "failed": failed,
+        "versions": package_versions(), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}, "artifacts": entries, "failed": failed,
     }
     write_json(out / EXPORT_FILE, document)
     return document
@@ -239,18 +239,6 @@ def _size(paths: list[Path]) -> int:
     for p in paths:
         total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
     return total
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {}
-    for name in ("edgeres", "torch", "onnx", "onnxruntime", "onnxslim", "openvino", "nncf"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 __all__ = ["EXPORT_FILE", "ExportConfig", "FORMATS", "PRECISIONS", "export_checkpoint"]

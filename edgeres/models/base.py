@@ -1,6 +1,10 @@
 """What every zoo model declares about itself, so other stages never sniff layer names."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
+import torch
 from torch import nn
 
 from edgeres.errors import UserInputError
@@ -40,3 +44,15 @@ class EdgeModel(nn.Module):
         for name in self.frozen:
             getattr(self, name).eval()
         return self
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode without gradients for the block (tracing, export, folding), then the model's own mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)

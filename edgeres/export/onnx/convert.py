@@ -1,7 +1,6 @@
 """Export a PyTorch model to a checked, simplified ONNX file that carries its edgeres metadata."""
 from __future__ import annotations
 
-import contextlib
 import json
 import tempfile
 import warnings
@@ -15,6 +14,7 @@ from torch import nn
 from edgeres.artifacts import atomic_path, sha256_file
 from edgeres.checkpoint import ModelMeta
 from edgeres.errors import UserInputError
+from edgeres.models.base import evaluating
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -57,7 +57,7 @@ def export_onnx(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with tempfile.TemporaryDirectory(prefix="edgeres-onnx-") as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with _eval_mode(model):
+        with evaluating(model):
             _torch_export(model, sample.to(device), raw, opset=opset, dynamic_batch=dynamic_batch, exporter=exporter)
             reference = model(check.to(device)).float().cpu().numpy() if validate else None
         proto = onnx.load(str(raw))
@@ -95,18 +95,6 @@ def read_onnx_meta(path: str | Path) -> ModelMeta:
 
     proto = onnx.load(str(path), load_external_data=False)
     return read_meta({p.key: p.value for p in proto.metadata_props}, path)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Export must trace inference behaviour (BN statistics, no dropout), then leave the caller's model as it was.
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool,
