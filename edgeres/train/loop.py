@@ -157,6 +157,8 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
     state = _prepare_out(cfg) if ctx.is_main or cfg.resume else None
     ctx.barrier()
     bundle = bundle or load_data(cfg.data)
+    if bundle.skipped and ctx.is_main:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bundle.skipped), bundle.skipped[0])
     if model is None:
         model = create(cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
                        weights=cfg.weights, freeze=cfg.freeze, **cfg.model_kwargs)
