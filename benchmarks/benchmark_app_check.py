@@ -9,6 +9,11 @@ benchmark_app refuses -nthreads together with -hint latency (a rule of its comma
 OpenVINO), so the thread count reaches it as INFERENCE_NUM_THREADS through -load_config. It also treats a
 3-channel 4-D input as an image and feeds it as u8 (a Convert inside the graph) unless told -ip f32.
 
+Two differences remain by construction, both against edgeres: `-shape` makes benchmark_app compile the
+dynamic-batch IR as a static batch-1 model, while the Runner compiles the IR as exported (dynamic batch);
+and benchmark_app reports the request's own C++ timer, while runner_latency times the Python call
+(input binding and the output copy included).
+
 On a shared machine the load swings from one few-second spell to the next, so the figure judged is the
 median of the per-repeat ratios (each from two back-to-back runs); the ratio of the two sides' median p50s
 is reported too. More, shorter repeats pair better than a few long ones.
@@ -117,7 +122,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         per = r["ratio_per_repeat"]
         lines.append(f"| {r['ir']} | {r['runner_precision']} (hint {r['inference_precision_hint']}) | "
                      f"{r['benchmark_app_p50_ms']:.2f} | {r['edgeres_p50_ms']:.2f} | "
-                     f"{r['ratio_paired_median']:.3f} | {r['ratio_of_medians']:.3f} | {min(per):.2f}-{max(per):.2f} |")
+                     f"{r['ratio_paired_median']:.3f} | {r['ratio_of_medians']:.3f} | "
+                     f"{min(per):.2f}-{max(per):.2f} |")
     return "\n".join(lines)
 
 
