@@ -101,7 +101,8 @@ def _stage_export(run: _Run, resume: bool) -> None:
     e = run.recipe.export
     doc = export_checkpoint(run.model_dir, run.dirs["export"],
                             ExportConfig(formats=tuple(e.to), precisions=tuple(e.precisions),
-                                         calib_size=e.calib_size, max_drop=e.max_drop))
+                                         calib_size=e.calib_size, max_drop=e.max_drop,
+                                         dynamic_batch=e.dynamic_batch))
     if not doc["artifacts"]:
         raise RuntimeError(f"every export failed validation; see {run.dirs['export'] / 'export.json'}")
 

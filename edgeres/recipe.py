@@ -58,6 +58,7 @@ class ExportStage(_Strict):
     precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32", "int8"]
     calib_size: int = Field(300, ge=1)
     max_drop: Optional[float] = Field(None, ge=0, lt=100)
+    dynamic_batch: bool = True      # false: a fixed batch of 1, the fastest graph for one camera frame
 
 
 class BenchStage(_Strict):
