@@ -15,9 +15,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifacts", nargs="+")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_repeatability.json"))
     args = ap.parse_args()
-    config = BenchConfig(runs=args.runs, warmup=20, budget_s=30, accuracy=False, end_to_end=False)
+    config = BenchConfig(runs=args.runs, warmup=20, budget_s=30, min_seconds=args.min_seconds, accuracy=False,
+                         end_to_end=False)
     first, second = (bench_artifacts(args.artifacts, config) for _ in range(2))
     rows = []
     for a, b in zip(first["artifacts"], second["artifacts"]):

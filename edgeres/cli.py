@@ -219,6 +219,7 @@ def bench_cmd(
     runs: int = typer.Option(200, help="Timed runs per setting (after warm-up)."),
     warmup: int = typer.Option(20, help="Untimed warm-up runs."),
     budget: float = typer.Option(20.0, help="Seconds at most of timing per setting."),
+    min_seconds: float = typer.Option(3.0, help="Seconds at least of timing per setting (stabler medians)."),
     precision: Optional[str] = typer.Option(None, help="Ask every runtime for this precision (e.g. fp32)."),
     accuracy: bool = typer.Option(True, help="Evaluate each artifact on its test split."),
     baseline: Optional[str] = typer.Option(None, help="Artifact name speed-ups are relative to (default: first)."),
@@ -228,7 +229,8 @@ def bench_cmd(
     from edgeres.bench.run import BenchConfig, bench_artifacts, write_results
 
     config = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=_ints(threads, "--threads"),
-                         runs=runs, warmup=warmup, budget_s=budget, precision=precision, accuracy=accuracy)
+                         runs=runs, warmup=warmup, budget_s=budget, min_seconds=min_seconds, precision=precision,
+                         accuracy=accuracy)
     with progress_bar("benchmarking", total=None) as advance:
         results = bench_artifacts(artifacts, config, baseline, progress=lambda what: advance(0, now=what))
     written = write_results(results, out)

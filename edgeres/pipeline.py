@@ -120,7 +120,7 @@ def _stage_bench(run: _Run, resume: bool) -> None:
 
     b = run.recipe.bench
     config = BenchConfig(batch_sizes=tuple(b.batch_sizes), threads=tuple(b.threads), runs=b.runs, warmup=b.warmup,
-                         budget_s=b.budget_s)
+                         budget_s=b.budget_s, min_seconds=b.min_seconds)
     write_results(bench_artifacts(_bench_paths(run), config), run.dirs["bench"])
 
 

@@ -67,6 +67,7 @@ class BenchStage(_Strict):
     runs: int = Field(200, ge=1)
     warmup: int = Field(20, ge=0)
     budget_s: float = Field(20.0, gt=0)
+    min_seconds: float = Field(3.0, ge=0)
 
 
 class CheckStage(_Strict):

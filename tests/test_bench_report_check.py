@@ -24,7 +24,7 @@ def onnx_file(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def results(tiny_checkpoint, onnx_file):
-    config = BenchConfig(runs=20, warmup=3, budget_s=5)
+    config = BenchConfig(runs=20, warmup=3, budget_s=5, min_seconds=0)
     return bench_artifacts([tiny_checkpoint, onnx_file], config)
 
 
@@ -88,7 +88,7 @@ def test_report_html_renders_in_a_real_browser(results, tmp_path):
 
 def test_cli_bench_and_report(tiny_checkpoint, tmp_path):
     res = subprocess.run([*CLI, "bench", str(tiny_checkpoint), "--out", str(tmp_path), "--runs", "10",
-                          "--warmup", "2", "--no-accuracy"], capture_output=True, text=True)
+                          "--warmup", "2", "--min-seconds", "0", "--no-accuracy"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "results.json").is_file() and (tmp_path / "report.html").is_file()
     again = subprocess.run([*CLI, "report", str(tmp_path / "results.json"), "--out", str(tmp_path / "r2")],

@@ -30,29 +30,33 @@ class Latency:
 
 
 def time_calls(fn: Callable[[], Any], warmup: int = 10, runs: int = 100, budget_s: float | None = None,
-               batch_size: int = 1) -> Latency:
-    """Call `fn` `warmup` times untimed, then `runs` times timed (stopping early past `budget_s` seconds)."""
+               batch_size: int = 1, min_seconds: float = 0.0) -> Latency:
+    """Call `fn` `warmup` times untimed, then time at least `runs` calls and at least `min_seconds`
+    (a sub-millisecond model needs many calls for a stable median), stopping past `budget_s` seconds."""
     if runs < 1 or warmup < 0:
         raise UserInputError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     for _ in range(warmup):
         fn()
     samples = []
     start = time.perf_counter()
-    for _ in range(runs):
+    while True:
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
-        if budget_s is not None and time.perf_counter() - start > budget_s and len(samples) >= 5:
+        elapsed = time.perf_counter() - start
+        if budget_s is not None and elapsed > budget_s and len(samples) >= 5:
+            break
+        if len(samples) >= runs and elapsed >= min_seconds:
             break
     return Latency(samples, batch_size, warmup)
 
 
 def runner_latency(runner, batch_size: int = 1, warmup: int = 10, runs: int = 100,
-                   budget_s: float | None = None, seed: int = 0) -> Latency:
+                   budget_s: float | None = None, seed: int = 0, min_seconds: float = 0.0) -> Latency:
     """Engine-only latency of a Runner on a fixed random batch (input checks excluded, runtime call only)."""
     _, c, h, w = runner.info.input_shape
     fixed = runner.info.input_shape[0]
     if fixed is not None and fixed != batch_size:
         raise UserInputError(f"{runner.info.path} has a fixed batch of {fixed}; cannot time batch {batch_size}")
     batch = np.random.default_rng(seed).standard_normal((batch_size, c, h, w)).astype(np.float32)
-    return time_calls(lambda: runner.run(batch), warmup, runs, budget_s, batch_size)
+    return time_calls(lambda: runner.run(batch), warmup, runs, budget_s, batch_size, min_seconds)

@@ -31,13 +31,14 @@ def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict
     from edgeres.checkpoint import build_model
 
     runner = runtime.load(path, precision=config["precision"], threads=threads)
-    lat = runner_latency(runner, batch, config["warmup"], config["runs"], config["budget_s"])
+    lat = runner_latency(runner, batch, config["warmup"], config["runs"], config["budget_s"],
+                         min_seconds=config["min_seconds"])
     engine = {**lat.summary(), "samples_ms": lat.samples_ms}
     end_to_end = None
     if config["end_to_end"] and batch == 1 and runner.info.input_shape[0] in (None, 1):
         frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a VGA camera frame
         e2e = time_calls(lambda: runner(preprocess(frame, runner.meta)), config["warmup"], config["runs"],
-                         config["budget_s"])
+                         config["budget_s"], min_seconds=config["min_seconds"])
         end_to_end = {**e2e.summary(), "samples_ms": e2e.samples_ms}
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = build_model(runner.meta)

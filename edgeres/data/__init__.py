@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,33 +32,42 @@ class DataConfig:
     shapes_per_class: int = 120
 
     def __post_init__(self) -> None:
-        if not isinstance(self.source, str) or not self.source:
-            raise UserInputError(f"source must be a built-in name {sorted(BUILTIN_SOURCES)} or a folder path")
-        if not isinstance(self.img_size, int) or not 8 <= self.img_size <= 4096:
-            raise UserInputError(f"img_size must be an integer from 8 to 4096, got {self.img_size!r}")
-        if self.in_chans not in (None, 1, 3):
+        source = os.fspath(self.source) if isinstance(self.source, os.PathLike) else self.source
+        if not isinstance(source, str) or not source:
+            raise UserInputError(f"source must be a built-in name ({', '.join(sorted(BUILTIN_SOURCES))}) or an "
+                                 f"image folder path, got {self.source!r}")
+        object.__setattr__(self, "source", source)
+        _check_int("img_size", self.img_size, 8, 4096)
+        if self.in_chans is not None and (isinstance(self.in_chans, bool) or self.in_chans not in (1, 3)):
             raise UserInputError(f"in_chans must be 1 or 3 (or unset), got {self.in_chans!r}")
         if self.split is not None:
             object.__setattr__(self, "split", check_fractions(self.split))
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        for name in ("augment", "skip_bad") + (("hflip",) if self.hflip is not None else ()):
+            if not isinstance(getattr(self, name), bool):
+                raise UserInputError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.normalize not in NORMALIZE_MODES:
             raise UserInputError(f"normalize must be one of {list(NORMALIZE_MODES)}, got {self.normalize!r}")
-        if not isinstance(self.shapes_per_class, int) or self.shapes_per_class < 3:
-            raise UserInputError(f"shapes_per_class must be an integer >= 3, got {self.shapes_per_class!r}")
+        _check_int("shapes_per_class", self.shapes_per_class, 3, 10**6)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields; from_dict() rebuilds the same config."""
         d = dataclasses.asdict(self)
         d["split"] = list(self.split) if self.split else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
+        """Rebuild from to_dict() output (or YAML/JSON), naming unknown or invalid fields."""
+        if not isinstance(d, dict):
+            raise UserInputError(f"data config must be a mapping of field names to values, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserInputError(f"unknown data field(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        if d.get("split") is not None:
-            d["split"] = tuple(d["split"])
+        if "source" not in d:
+            raise UserInputError("data config lacks 'source'; expected a built-in name "
+                                 f"({', '.join(sorted(BUILTIN_SOURCES))}) or an image folder path")
         return cls(**d)
 
 
@@ -89,6 +99,7 @@ class DataBundle:
         return SplitDataset(self.source, indices, self.mean, self.std, train_augment(self.hflip) if augment else None)
 
     def labels(self, split: str) -> np.ndarray:
+        """Integer labels of `split`, in dataset order."""
         return self.source.labels[self._check_split(split)].copy()
 
     def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -102,6 +113,12 @@ class DataBundle:
             yield (torch.stack([x for x, _ in items]).numpy(), np.asarray([y for _, y in items], dtype=np.int64))
 
 
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    # bool is an int subclass, but img_size=True is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserInputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
 def _open_source(config: DataConfig):
     if config.source in BUILTIN_SOURCES:
         return BUILTIN_SOURCES[config.source](config)
@@ -112,8 +129,6 @@ def load_data(config: DataConfig) -> DataBundle:
     """Open, check and split the data `config` names."""
     source = _open_source(config)
     if source.given_splits is not None:
-        if config.split is not None:
-            raise UserInputError(f"{config.source} already has train/val/test folders; drop --split")
         indices = dict(source.given_splits)
     else:
         fractions = config.split or source.default_split

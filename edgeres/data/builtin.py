@@ -107,7 +107,7 @@ def render_shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     image = skin * (1.0 + _texture(x, y, rng, rng.uniform(0.04, 0.12)))[..., None]
     image *= (1.0 + 0.1 * (rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y))[..., None]
 
-    radius = rng.uniform(0.22, 0.45)
+    radius = rng.uniform(0.3, 0.55)
     extent = radius * (1.6 if kind in ("elongated", "multi_spot") else 1.15)
     centre = rng.uniform(-1, 1, 2) * max(0.05, 0.95 - extent)
     if kind == "multi_spot":

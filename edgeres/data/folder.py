@@ -1,16 +1,17 @@
 """User image folders in ImageFolder layout: ROOT/<class>/* or ROOT/{train,val,test}/<class>/*."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 from torchvision.transforms.v2 import functional as TF
 
-from edgeres.data.split import SPLITS
+from edgeres.data.split import SPLITS, carve
 from edgeres.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -18,22 +19,38 @@ if TYPE_CHECKING:
 
 CACHE_BYTES = 512 * 2**20  # decoded images are kept when the whole split set fits in this
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+_LAYOUT = "ROOT/<class>/<image> or ROOT/train|val|test/<class>/<image>"
+
+
+def _class_dirs(directory: Path) -> list[str]:
+    # Hidden folders (.ipynb_checkpoints, .git) are tool litter, never classes.
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+
+
+def _is_image(path: str) -> bool:
+    # "._x.png" files are macOS metadata that carry an image extension but hold no image.
+    return has_file_allowed_extension(path, IMG_EXTENSIONS) and not os.path.basename(path).startswith(".")
 
 
 def _scan(directory: Path, class_names: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (file, class index) pairs under `directory`, one subfolder per class."""
-    try:
-        found, _ = find_classes(str(directory))
-    except FileNotFoundError:
-        raise UserInputError(f"{directory} has no class subfolders; expected {directory}/<class>/<image> "
-                             f"(images ending in {', '.join(IMG_EXTENSIONS)})") from None
+    found = _class_dirs(directory)
+    if not found:
+        loose = sum(1 for p in directory.iterdir() if _is_image(str(p)))
+        what = f"{loose} image(s) but no class subfolders" if loose else "no class subfolders"
+        raise UserInputError(f"{directory} has {what}; expected {_LAYOUT} "
+                             f"(images ending in {', '.join(IMG_EXTENSIONS)})")
     names = class_names or found
     missing = sorted(set(names) - set(found))
     extra = sorted(set(found) - set(names))
-    if missing or extra:
-        raise UserInputError(f"{directory} lacks class folder(s) {missing} or has unexpected ones {extra}; "
-                             f"every split needs the same classes: {names}")
-    samples = make_dataset(str(directory), {n: i for i, n in enumerate(names)}, IMG_EXTENSIONS, allow_empty=True)
+    if missing:
+        raise UserInputError(f"{directory} lacks class folder(s) {missing}; every split needs the same "
+                             f"classes as train/: {names}")
+    if extra:
+        raise UserInputError(f"{directory} has class folder(s) {extra} that train/ lacks; every split needs "
+                             f"the same classes as train/: {names}")
+    samples = make_dataset(str(directory), {n: i for i, n in enumerate(names)}, is_valid_file=_is_image,
+                           allow_empty=True)
     counts = np.bincount([c for _, c in samples], minlength=len(names))
     empty = [n for n, k in zip(names, counts) if k == 0]
     if empty:
@@ -42,12 +59,15 @@ def _scan(directory: Path, class_names: list[str] | None = None) -> tuple[list[s
     return names, samples
 
 
-def _check_image(path: str) -> str:
-    """The image's PIL mode; raises if the file cannot be decoded."""
+def _check_image(path: str, size: int) -> str:
+    """The image's PIL mode; raises if the file cannot be fully decoded."""
     with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:  # verify() leaves the file unusable, so reopen to read the mode
-        return im.mode
+        mode = im.mode
+        # A full decode, not verify(): verify() passes truncated JPEGs. draft() makes JPEGs decode
+        # at reduced scale, so checking large photos stays cheap.
+        im.draft(None, (size, size))
+        im.load()
+    return mode
 
 
 def _to_tensor(im: Image.Image, in_chans: int, size: int) -> torch.Tensor:
@@ -69,48 +89,64 @@ class FolderSource:
     default_split = (0.8, 0.1, 0.1)
 
     def __init__(self, config: DataConfig) -> None:
-        root = Path(config.source)
+        root = Path(config.source).expanduser()
         if not root.is_dir():
-            raise UserInputError(f"data folder {root} does not exist (or is not a folder); expected an image "
-                                 "folder, or one of the built-in data sets: digits, shapes")
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise UserInputError(f"data folder {root} {what}; expected an image folder laid out as {_LAYOUT}, "
+                                 "or one of the built-in data sets: digits, shapes")
         self.size = config.img_size
-        split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
+        split_dirs = [s for s in SPLITS if (root / s).is_dir()]
         if split_dirs:
-            self._load_given_splits(root, split_dirs, config.skip_bad)
+            self._load_given_splits(root, split_dirs, config)
         else:
             self.class_names, samples = _scan(root)
             self._set_samples(samples, config.skip_bad)
             self.given_splits = None
         if len(self.class_names) < 2:
-            raise UserInputError(f"{root} has a single class {self.class_names}; classification needs at least two")
+            raise UserInputError(f"{root} has a single class {self.class_names}; classification needs at least "
+                                 "two class folders")
         self.in_chans = config.in_chans or self.natural_chans
         self._cache: dict[int, torch.Tensor] | None = (
             {} if len(self.paths) * self.in_chans * self.size**2 * 4 <= CACHE_BYTES else None)
 
-    def _load_given_splits(self, root: Path, split_dirs: list[Path], skip_bad: bool) -> None:
-        if not (root / "train").is_dir():
-            raise UserInputError(f"{root} has {[d.name for d in split_dirs]} but no train/ folder; "
-                                 "expected train/ (and val/, test/) each with one folder per class")
-        missing = [s for s in SPLITS if not (root / s).is_dir()]
-        if missing:
-            raise UserInputError(f"{root} has train/ but lacks {missing}; give all of train/, val/, test/, "
-                                 "or put class folders directly in the root to have edgeres split them")
+    def _load_given_splits(self, root: Path, split_dirs: list[str], config: DataConfig) -> None:
+        if "train" not in split_dirs:
+            raise UserInputError(f"{root} has {split_dirs} but no train/ folder; expected train/ (and val/, "
+                                 "test/) each with one folder per class")
+        if split_dirs == ["train"]:
+            raise UserInputError(f"{root} has train/ but neither val/ nor test/; add them, or put the class "
+                                 "folders directly in the root to have edgeres split them")
+        if config.split is not None and split_dirs == list(SPLITS):
+            raise UserInputError(f"{root} already has train/, val/ and test/ folders, so a split cannot be "
+                                 f"applied (got split={config.split}); drop --split to use the folders as given")
         self.class_names, train = _scan(root / "train")
         parts = {"train": train}
-        for s in ("val", "test"):
+        for s in split_dirs[1:]:
             parts[s] = _scan(root / s, self.class_names)[1]
         samples, owner = [], []
-        for s in SPLITS:
+        for s in split_dirs:
             samples += parts[s]
             owner += [s] * len(parts[s])
-        keep = self._set_samples(samples, skip_bad)
+        keep = self._set_samples(samples, config.skip_bad)
         owner = np.asarray(owner)[keep]
-        self.given_splits = {s: np.flatnonzero(owner == s) for s in SPLITS}
-        for s in SPLITS:
+        self.given_splits = {s: np.flatnonzero(owner == s) for s in split_dirs}
+        for s in split_dirs:
             present = set(self.labels[self.given_splits[s]].tolist())
             lacking = [n for i, n in enumerate(self.class_names) if i not in present]
             if lacking:
                 raise UserInputError(f"the {s} split of {root} has no readable images of class(es) {lacking}")
+        self._carve_missing(root, config)
+
+    def _carve_missing(self, root: Path, config: DataConfig) -> None:
+        """Fill a missing val/ or test/ from train, stratified and seeded, in the split's proportion."""
+        fractions = dict(zip(SPLITS, config.split or self.default_split))
+        for s in SPLITS:
+            if s not in self.given_splits:
+                share = fractions[s] / (fractions["train"] + fractions[s])
+                self.given_splits["train"], self.given_splits[s] = carve(
+                    self.given_splits["train"], self.labels, self.class_names, share, config.seed,
+                    f"carving a {s} split out of {root / 'train'} (there is no {s}/ folder)")
+        self.given_splits = {s: self.given_splits[s] for s in SPLITS}
 
     def _set_samples(self, samples: list[tuple[str, int]], skip_bad: bool) -> np.ndarray:
         """Check every file; keep the readable ones. Returns the kept positions."""
@@ -118,12 +154,12 @@ class FolderSource:
         keep, modes = [], []
         for i, (path, _) in enumerate(samples):
             try:
-                modes.append(_check_image(path))
+                modes.append(_check_image(path, self.size))
                 keep.append(i)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            except Exception as e:  # decoders fail in many ways (OSError, SyntaxError, EOFError...): all mean unreadable
                 if not skip_bad:
                     raise UserInputError(f"cannot read image {path}: {e}; fix or remove it, or pass --skip-bad "
-                                         "to skip unreadable images") from None
+                                         "(skip_bad=True) to skip unreadable images") from None
                 self.skipped.append(path)
         self.paths = [samples[i][0] for i in keep]
         self.labels = np.asarray([samples[i][1] for i in keep], dtype=np.int64)
@@ -134,8 +170,14 @@ class FolderSource:
         """Item `index` as float32 in_chans x img_size x img_size in [0, 1]."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        with Image.open(self.paths[index]) as im:
-            x = _to_tensor(im, self.in_chans, self.size)
+        path = self.paths[index]
+        try:
+            with Image.open(path) as im:
+                im.draft("L" if self.in_chans == 1 else "RGB", (self.size, self.size))
+                x = _to_tensor(im, self.in_chans, self.size)
+        except Exception as e:  # the file changed or broke after load_data checked it
+            raise UserInputError(f"cannot read image {path}: {e}; it was readable when the data was "
+                                 "loaded, so it may have been changed or removed since") from None
         if self._cache is not None:
             self._cache[index] = x
         return x
