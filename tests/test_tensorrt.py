@@ -22,6 +22,7 @@ from edgeres.errors import UserInputError
 from edgeres.export.onnx import export_onnx, quantize_onnx, tensorrt_qdq_problems
 from edgeres.export.tensorrt import build_engine, prepare_tensorrt
 from edgeres.export.validate import TOLERANCES, Tolerance, compare_outputs, judge
+from edgeres.models.attention import SqueezeExcite
 from edgeres.runtime import load
 from edgeres.runtime.tensorrt import unavailable_reason
 
@@ -30,15 +31,6 @@ IMG = 32
 INT8_RANDOM_WEIGHTS = Tolerance(max_abs_diff=None, min_cosine=0.995, min_top1_agreement=0.8)
 NO_TRT = unavailable_reason()
 needs_trt = pytest.mark.skipif(NO_TRT is not None, reason=f"TensorRT engine tests need an NVIDIA GPU: {NO_TRT}")
-
-
-class SE(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Conv2d(channels, channels // 8, 1), nn.Conv2d(channels // 8, channels, 1)
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
 def batches(n: int, size: int = 8, seed: int = 0) -> list[np.ndarray]:
@@ -50,7 +42,7 @@ def batches(n: int, size: int = 8, seed: int = 0) -> list[np.ndarray]:
 def fp32_onnx(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
-    model.layer1.add_module("se", SE(64))
+    model.layer1.add_module("se", SqueezeExcite(64, reduction=8))
     path = tmp_path_factory.mktemp("trt") / "model.onnx"
     export_onnx(model.eval(), ModelMeta(arch="resnet10_se", num_classes=10, img_size=IMG), path)
     return path
