@@ -7,7 +7,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from edgeres.errors import UserInputError
 
 
 @contextlib.contextmanager
@@ -74,3 +76,15 @@ def package_versions(names: tuple[str, ...] = ("edgeres", "torch", "torchvision"
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def read_user_document(path: str | Path, parse: Callable[[str], Any], errors: tuple[type[Exception], ...],
+                       expected: str) -> Any:
+    """Parse a file the user named; a missing or malformed one is a UserInputError saying which and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist; expected {expected}")
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except errors as e:
+        raise UserInputError(f"{path} is not valid: {e}; expected {expected}") from None

@@ -88,7 +88,8 @@ def pruned_shapes(model: nn.Module, meta: ModelMeta) -> dict[str, list[int]] | N
     """Shapes of the tensors whose size differs from a freshly built model of the same arch."""
     from edgeres.models import create
 
-    reference = create(meta.arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.arch_kwargs)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost on every save
+        reference = create(meta.arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.arch_kwargs)
     ref = reference.state_dict()
     diff = {k: list(v.shape) for k, v in model.state_dict().items() if k in ref and ref[k].shape != v.shape}
     return diff or None

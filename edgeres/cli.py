@@ -262,12 +262,9 @@ def report_cmd(
     """Render report.md, a self-contained report.html and plots from results.json."""
     import json
 
-    if not results.is_file():
-        raise UserInputError(f"{results} does not exist; expected a results.json from `edgeres bench`")
-    try:
-        data = json.loads(results.read_text())
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"{results} is not valid JSON: {e}") from None
+    from edgeres.artifacts import read_user_document
+
+    data = read_user_document(results, json.loads, (json.JSONDecodeError,), "a results.json from `edgeres bench`")
     _print_summary(data)
     _render(data, out or results.parent)
 

@@ -7,6 +7,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeres.artifacts import read_user_document
 from edgeres.errors import UserInputError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -107,12 +108,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         if not path.is_file():
             raise UserInputError(f"no recipe named {name_or_path!r}; packaged recipes: {list_recipes()}, "
                                  "or give a path to a YAML file")
-    if not path.is_file():
-        raise UserInputError(f"recipe file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserInputError(f"{path} is not valid YAML: {e}") from None
+    raw = read_user_document(path, yaml.safe_load, (yaml.YAMLError,), "a recipe file in YAML")
     if not isinstance(raw, dict):
         raise UserInputError(f"{path}: a recipe is a mapping of stages, got {type(raw).__name__}")
     try:

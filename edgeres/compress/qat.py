@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgeres.artifacts import sha256_file, write_json
+from edgeres.artifacts import package_versions, sha256_file, write_json
 from edgeres.checkpoint import ModelMeta, checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres.evaluate.classify import check_compatible
@@ -107,7 +107,7 @@ def quantization_aware_training(ckpt: str | Path, out_dir: str | Path, config: Q
         "test_samples": int(len(bundle.labels("test"))), "accuracy": accuracy,
         # Points lost against fp32 (negative: the INT8 model scored higher).
         "drop_points": {k: round((accuracy["fp32"] - v) * 100, 3) for k, v in accuracy.items() if k != "fp32"},
-        "precision": precision, "files": files, "versions": _versions(),
+        "precision": precision, "files": files, "versions": package_versions(("torch", "nncf", "openvino", "onnx", "onnxruntime", "torchao")),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
     write_json(out / RECORD, record)
@@ -273,12 +273,6 @@ def _load_bundle(meta: ModelMeta, source: Path) -> Any:
     if not meta.data:
         raise UserInputError(f"{source} records no training data; QAT needs it to calibrate, fine-tune and measure")
     return load_data(DataConfig.from_dict(meta.data))
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("torch", "nncf", "openvino", "onnx", "onnxruntime", "torchao")}
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import numpy as np
 from edgeres.artifacts import write_json
 from edgeres.errors import UserInputError
 from edgeres.evaluate.metrics import classification_metrics, softmax
+from edgeres.runtime.base import run_any_batch
 
 
 @dataclasses.dataclass
@@ -29,11 +30,7 @@ def predict(runner, bundle, split: str = "test", batch_size: int = 64, progress=
     fixed = runner.info.input_shape[0]
     labels, probs = [], []
     for x, y in bundle.batches(split, fixed or batch_size):
-        if fixed and len(x) < fixed:  # pad the last batch, then drop the padding's outputs
-            pad = np.repeat(x[-1:], fixed - len(x), axis=0)
-            out = runner(np.concatenate([x, pad]))[: len(x)]
-        else:
-            out = runner(x)
+        out = run_any_batch(runner, x)
         probs.append(softmax(np.asarray(out, dtype=np.float64)))
         labels.append(y)
         if progress is not None:

@@ -69,8 +69,11 @@ def _prepare(ckpt: str | Path, out: Path, config: ExportConfig) -> _Context:
     source = checkpoint_dir(ckpt)
     model, meta = load_checkpoint(source)
     bundle = load_data(data_config_for(meta, config.calib_data))
-    calib = [x for x, _ in bundle.batches("train", 32, limit=config.calib_size)]
-    val_pairs = list(bundle.batches("val", 64))
+    # Decoding images is the slow part of preparing: read only what the requested exports use.
+    int8 = "int8" in config.precisions
+    calib = [x for x, _ in bundle.batches("train", 32, limit=config.calib_size)] if int8 else []
+    accuracy_control = int8 and config.max_drop is not None and "openvino" in config.formats
+    val_pairs = list(bundle.batches("val", 64)) if accuracy_control else []
     val_batch = next(bundle.batches("val", config.validate_size))[0]
     with torch.inference_mode():
         reference = model(torch.from_numpy(val_batch)).numpy()
@@ -86,16 +89,11 @@ def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict
     """Run a staged file through its edgeres Runner on real images and judge it against PyTorch."""
     from edgeres import runtime
     from edgeres.export.validate import TOLERANCES, compare_outputs, judge
+    from edgeres.runtime.base import run_any_batch
 
     # fp32 files are checked in true fp32: a bf16 default would hide a broken export behind rounding.
     runner = runtime.load(staged, backend=backend, precision="fp32" if precision == "fp32" else None)
-    batch = ctx.val_batch
-    if runner.info.input_shape[0] is not None:  # fixed-batch files are fed one fixed batch at a time
-        n = runner.info.input_shape[0]
-        outputs = np.concatenate([runner(batch[i:i + n]) for i in range(0, len(batch) - len(batch) % n, n)])
-        stats = compare_outputs(ctx.reference[: len(outputs)], outputs)
-    else:
-        stats = compare_outputs(ctx.reference, runner(batch))
+    stats = compare_outputs(ctx.reference, run_any_batch(runner, ctx.val_batch))
     tolerance = TOLERANCES[precision]
     return {**stats, "executed_precision": runner.info.precision, "tolerance": dataclasses.asdict(tolerance),
             "failures": judge(stats, tolerance), "inputs": "validation split"}

@@ -54,3 +54,16 @@ class Runner(abc.ABC):
         if batch.shape[1:] != (c, h, w) or (n is not None and batch.shape[0] != n):
             raise UserInputError(f"input shape must be {expected}, got {tuple(batch.shape)}")
         return np.ascontiguousarray(batch)
+
+
+def run_any_batch(runner: Runner, batch: np.ndarray) -> np.ndarray:
+    """Outputs for every row of `batch`; a fixed-batch runner gets chunks of its size, the last one padded."""
+    fixed = runner.info.input_shape[0]
+    if fixed is None or len(batch) == fixed:
+        return runner(batch)
+    outputs = []
+    for start in range(0, len(batch), fixed):
+        chunk = batch[start:start + fixed]
+        pad = np.repeat(chunk[-1:], fixed - len(chunk), axis=0)  # padding rows' outputs are dropped
+        outputs.append(runner(np.concatenate([chunk, pad]))[: len(chunk)])
+    return np.concatenate(outputs)
