@@ -18,7 +18,7 @@ On a shared machine the load swings from one few-second spell to the next, so th
 median of the per-repeat ratios (each from two back-to-back runs); the ratio of the two sides' median p50s
 is reported too. More, shorter repeats pair better than a few long ones.
 
-Usage: python benchmarks/benchmark_app_check.py [--threads 2] [--seconds 5] [--repeats 12]
+Usage: python benchmarks/benchmark_app_check.py [--threads 2] [--seconds 5] [--repeats 12] [--quick] [--table-only]
        (--seconds 15 --repeats 3 is the plain `benchmark_app -t 15` comparison, fine on a quiet machine)
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import shutil
 import statistics
@@ -39,10 +38,11 @@ from typing import Any
 
 import edgeres.runtime
 from edgeres.bench.latency import runner_latency
-from runtimes import CALIBRATION_IMAGES, CALIBRATION_NOTE, build_model, export_openvino_pair, machine_info, \
-    pseudo_images, versions
+import method
+from edgeres.bench.load import LoadMonitor
+from runtimes import CALIBRATION_IMAGES, CALIBRATION_NOTE, build_model, export_openvino_pair, pseudo_images
 
-RESULTS = Path(__file__).parent / "results"
+NAME = "benchmark_app"
 AGREEMENT_LIMIT = 0.10
 # What the Runner is asked for per IR: fp32 pinned to f32; INT8 leaves the float layers to the plugin default.
 REQUESTED = {"openvino_fp32": "fp32", "openvino_int8": None}
@@ -104,27 +104,32 @@ def check_ir(name: str, xml: Path, threads: int, seconds: int, repeats: int, fol
     app_p50 = statistics.median(r["p50_ms"] for r in app_runs)
     ours_p50 = statistics.median(r["p50_ms"] for r in edgeres_runs)
     per_repeat = [e["p50_ms"] / a["p50_ms"] for a, e in zip(app_runs, edgeres_runs)]
-    paired = statistics.median(per_repeat)
+    ratio = method.paired(per_repeat)
+    paired = ratio["ratio_p50"]
     return {
         "ir": name, "runner_precision": runner.info.precision, "inference_precision_hint": hint,
         "runner_threads": runner.info.threads, "runner_performance_hint": runner.info.extra["performance_hint"],
         "benchmark_app_p50_ms": app_p50, "edgeres_p50_ms": ours_p50, "ratio_of_medians": ours_p50 / app_p50,
-        "ratio_paired_median": paired, "ratio_per_repeat": per_repeat,
+        "ratio_paired_median": paired, "ratio_paired_ci95": ratio["ratio_p50_ci95"], "ratio_per_repeat": per_repeat,
         "within_limit": abs(paired - 1) <= AGREEMENT_LIMIT,
         "benchmark_app_runs": app_runs, "edgeres_runs": edgeres_runs,
     }
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(result: dict[str, Any]) -> str:
+    """The README block of a saved result."""
     lines = ["| IR | precision executed (both) | benchmark_app p50 ms | edgeres p50 ms | edgeres / benchmark_app: "
-             "median of paired repeats | ratio of medians | paired range |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
+             "median of paired repeats (95% CI) | ratio of medians | paired range |", "|---|---|---|---|---|---|---|"]
+    for r in result["irs"]:
         per = r["ratio_per_repeat"]
+        lo, hi = r.get("ratio_paired_ci95") or (min(per), max(per))
         lines.append(f"| {r['ir']} | {r['runner_precision']} (hint {r['inference_precision_hint']}) | "
                      f"{r['benchmark_app_p50_ms']:.2f} | {r['edgeres_p50_ms']:.2f} | "
-                     f"{r['ratio_paired_median']:.3f} | {r['ratio_of_medians']:.3f} | "
+                     f"{r['ratio_paired_median']:.3f} ({lo:.3f}-{hi:.3f}) | {r['ratio_of_medians']:.3f} | "
                      f"{min(per):.2f}-{max(per):.2f} |")
-    return "\n".join(lines)
+    verdict = "yes" if result["all_within_limit"] else "NO"
+    return ("\n".join(lines) + "\n\n" + method.footer(result)
+            + f"\n    within {result['agreement_limit']:.0%}: {verdict}")
 
 
 def main() -> None:
@@ -133,35 +138,26 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5, help="duration of each benchmark_app / edgeres run")
     ap.add_argument("--repeats", type=int, default=12)
     ap.add_argument("--workdir", help="keep the IRs and benchmark_app reports here (default: a temporary folder)")
-    ap.add_argument("--out", default=str(RESULTS / "benchmark_app.json"))
-    args = ap.parse_args()
-    start, load_before = time.perf_counter(), os.getloadavg()
+    method.add_output_arguments(ap)
+    args = method.quick(ap.parse_args(), seconds=1, repeats=2)
+    if args.table_only:
+        return method.rerender(NAME, args, markdown)
+    start = time.perf_counter()
     model, meta = build_model()
-    with tempfile.TemporaryDirectory(prefix="edgeres-bapp-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgeres-bapp-") as tmp, LoadMonitor(args.threads) as load:
         work = Path(args.workdir or tmp)
         print(f"exporting resnet18 (random weights) to {work} ...", flush=True)
         paths = export_openvino_pair(model, meta, work, pseudo_images(CALIBRATION_IMAGES, meta))
         rows = [check_ir(name, paths[name], args.threads, args.seconds, args.repeats, work / "reports")
                 for name in REQUESTED]
-    machine = machine_info()
-    machine["loadavg_before"] = [round(v, 2) for v in load_before]
-    result = {
-        "benchmark": "benchmark_app_check", "model": "resnet18", "weights": "random (torch seed 0)",
-        "input": [1, 3, 224, 224], "threads": args.threads, "seconds_per_run": args.seconds,
-        "repeats": args.repeats, "calibration": CALIBRATION_NOTE, "agreement_limit": AGREEMENT_LIMIT,
-        "edgeres_side": "edgeres.bench.latency.runner_latency (Runner.run, no input check), IR kept dynamic-batch",
-        "benchmark_app_side": "latency hint, sync API, 1 request, -shape [1,3,224,224] (static), -ip f32, "
-                              "random input, INFERENCE_NUM_THREADS via -load_config",
-        "machine": machine, "versions": versions(), "irs": rows,
-        "all_within_limit": all(r["within_limit"] for r in rows),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(markdown(rows))
-    print(f"\nresnet18 224x224, batch 1, {args.threads} threads, {machine['cpu']}; load average "
-          f"{machine['loadavg_before'][0]} -> {machine['loadavg_1_5_15'][0]}; {result['wall_seconds']} s; "
-          f"within {AGREEMENT_LIMIT:.0%}: {'yes' if result['all_within_limit'] else 'NO'}")
+    result = method.record(
+        NAME, args, start, model="resnet18", weights="random (torch seed 0)", input=[1, 3, 224, 224],
+        calibration=CALIBRATION_NOTE, agreement_limit=AGREEMENT_LIMIT,
+        edgeres_side="edgeres.bench.latency.runner_latency (Runner.run, no input check), IR kept dynamic-batch",
+        benchmark_app_side="latency hint, sync API, 1 request, -shape [1,3,224,224] (static), -ip f32, "
+                           "random input, INFERENCE_NUM_THREADS via -load_config",
+        load=load.result, irs=rows, all_within_limit=all(r["within_limit"] for r in rows))
+    method.finish(NAME, result, args, markdown)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
 """Accuracy cost of compression on digits (32x32): train, prune to 50% MACs, fine-tune with and without
 distillation from the unpruned model, and INT8-export; every figure is test accuracy via `edgeres eval`'s path.
 
-Usage: python benchmarks/compression_accuracy.py [--models se_resnet18 simam_resnet18 resnet50] [--out runs/acc]
+Nothing here is timed, so benchmarks/method.py contributes only the record (settings, machine, versions)
+and the README block.
+
+Usage: python benchmarks/compression_accuracy.py [--models se_resnet18 simam_resnet18 resnet50] [--workdir runs/acc]
+       [--quick] [--table-only]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import method
 from edgeres.compress.job import FinetuneConfig, compress_checkpoint
 from edgeres.compress.prune import PruneConfig
 from edgeres.data import DataConfig
@@ -23,11 +30,15 @@ def _acc(path: Path) -> float:
     return evaluate_artifact(path, out=path.parent / f"{path.name}.eval")[0]["test"]["accuracy"]
 
 
-def study(model: str, root: Path, epochs: int, finetune_epochs: int) -> dict:
+NAME = "compression_accuracy"
+
+
+def study(model: str, root: Path, epochs: int, finetune_epochs: int, img_size: int = 32) -> dict:
+    """Train (unless already trained under `root`), prune with and without KD, INT8-export; test accuracies."""
     base = root / model
     t0 = time.perf_counter()
     if not (base / "model.safetensors").exists():
-        train(TrainConfig(model=model, data=DataConfig("digits", img_size=32), out=str(base), epochs=epochs))
+        train(TrainConfig(model=model, data=DataConfig("digits", img_size=img_size), out=str(base), epochs=epochs))
     row = {"model": model, "fp32": _acc(base), "train_s": round(time.perf_counter() - t0, 1)}
     for label, teacher in (("pruned_kd", str(base)), ("pruned_no_kd", None)):
         out = root / f"{model}_{label}"
@@ -44,23 +55,35 @@ def study(model: str, root: Path, epochs: int, finetune_epochs: int) -> dict:
     return row
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The README block of a saved result."""
+    lines = ["| model | FP32 | pruned 50% MACs + KD | pruned, no KD | ONNX Runtime INT8 | OpenVINO INT8 |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = [f"{r['fp32'] * 100:.2f}%"] + [
+            f"{r[k] * 100:.2f}% ({(r[k] - r['fp32']) * 100:+.2f})" if k in r else "–"
+            for k in ("pruned_kd", "pruned_no_kd", "onnxruntime_int8", "openvino_int8")]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + method.footer(result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["se_resnet18", "simam_resnet18", "resnet50"])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--finetune-epochs", type=int, default=5)
-    ap.add_argument("--out", default="runs/compression-accuracy")
-    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "compression_accuracy.json"))
-    args = ap.parse_args()
-    rows = [study(m, Path(args.out), args.epochs, args.finetune_epochs) for m in args.models]
-    Path(args.results).write_text(json.dumps(rows, indent=2) + "\n")
-    print("| model | FP32 | pruned 50% MACs + KD | pruned, no KD | ONNX Runtime INT8 | OpenVINO INT8 |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        cells = [f"{r['fp32'] * 100:.2f}%"] + [
-            f"{r[k] * 100:.2f}% ({(r[k] - r['fp32']) * 100:+.2f})" if k in r else "–"
-            for k in ("pruned_kd", "pruned_no_kd", "onnxruntime_int8", "openvino_int8")]
-        print(f"| {r['model']} | " + " | ".join(cells) + " |")
+    ap.add_argument("--img-size", type=int, default=32)
+    ap.add_argument("--workdir", default="runs/compression-accuracy", help="trained models (reused when present)")
+    method.add_output_arguments(ap)
+    args = method.quick(ap.parse_args(), models=["test_resnet"], epochs=1, finetune_epochs=1, img_size=16)
+    if args.table_only:
+        return method.rerender(NAME, args, markdown)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeres-acc-") as tmp:
+        root = Path(tmp if args.quick else args.workdir)
+        rows = [study(m, root, args.epochs, args.finetune_epochs, args.img_size) for m in args.models]
+    result = method.record(NAME, args, start, data=f"digits {args.img_size}x{args.img_size}", rows=rows)
+    method.finish(NAME, result, args, markdown)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,31 @@
 """Training step time: edgeres's `train_epoch` against a plain PyTorch loop, same model, same batches.
 
-Both loops run in one process, interleaved over several rounds, so machine noise hits both alike;
-the figure is the ratio of medians. Usage: python benchmarks/train_step.py [--model se_resnet18]
+Each contender owns an identical copy of the model and its optimizer and trains on the same fixed
+batches; one call is a pass over `--steps` batches, reported per step. Timed with benchmarks/method.py
+(interleaved rounds, paired per-round ratio with a bootstrap interval); the A/A control is a second
+plain loop on its own copy.
+
+Usage: python benchmarks/train_step.py [--model se_resnet18] [--rounds 15 --runs 15] [--quick] [--table-only]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
+import copy
 import time
-from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+import method
 from edgeres.models import create
 from edgeres.train.loop import train_epoch
 
+NAME = "train_step"
 
-def plain_loop(model, batches, optimizer, loss_fn):
+
+def plain_loop(model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss_fn: nn.Module) -> None:
+    """forward, loss, zero_grad, backward, step: what a hand-written PyTorch loop does."""
     model.train()
     for images, targets in batches:
         loss = loss_fn(model(images), targets)
@@ -28,53 +34,57 @@ def plain_loop(model, batches, optimizer, loss_fn):
         optimizer.step()
 
 
+def contenders(model: nn.Module, batches, ce: nn.Module) -> dict[str, Callable[[], Any]]:
+    """Each loop on its own copy of the model and a fresh AdamW over it."""
+    def own(m: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
+        m = copy.deepcopy(m)
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-3)
+
+    (pm, po), (em, eo), (tm, to) = own(model), own(model), own(model)
+    return {"plain": lambda: plain_loop(pm, batches, po, ce),
+            "edgeres": lambda: train_epoch(em, batches, eo, lambda lg, t, x: ce(lg, t)),
+            "plain (twin)": lambda: plain_loop(tm, batches, to, ce)}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README block of a saved result."""
+    lines = ["| loop | ms/step p50 | p90 | steps timed |", "|---|---|---|---|"]
+    for name, lat in result["ms_per_step"].items():
+        lines.append(f"| {name} | {lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['runs'] * result['steps_per_call']} |")
+    ratio = result["edgeres_vs_plain"]
+    lines += ["", f"edgeres / plain ms per step, paired by round: {method.ci(ratio)} "
+                  f"(pooled {ratio['ratio_pooled_p50']:.3f})"]
+    return "\n".join(lines) + "\n\n" + method.footer(result)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="se_resnet18")
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--in-chans", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
-    args = ap.parse_args()
+    ap.add_argument("--steps", type=int, default=4, help="training steps per timed call")
+    method.add_arguments(ap, rounds=15, runs=15, warmup=2, max_seconds=300.0)
+    args = method.quick(ap.parse_args(), model="test_se_resnet", batch_size=8, steps=2, rounds=3, runs=3,
+                        warmup=1, max_seconds=10.0)
+    if args.table_only:
+        return method.rerender(NAME, args, markdown)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    start = time.perf_counter()
     model = create(args.model, num_classes=10, in_chans=args.in_chans)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ce = nn.CrossEntropyLoss()
     batches = [(torch.randn(args.batch_size, args.in_chans, args.img_size, args.img_size),
                 torch.randint(0, 10, (args.batch_size,))) for _ in range(args.steps)]
-    runs = {
-        "plain": lambda: plain_loop(model, batches, optimizer, ce),
-        "edgeres": lambda: train_epoch(model, batches, optimizer, lambda lg, t, x: ce(lg, t)),
-    }
-    for fn in runs.values():  # warm-up both
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(args.rounds):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))
-        for name in order:
-            t0 = time.perf_counter()
-            runs[name]()
-            times[name].append((time.perf_counter() - t0) / args.steps * 1000)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    result = {
-        "benchmark": "train_step", "model": args.model, "input": [args.batch_size, args.in_chans, args.img_size,
-                                                                   args.img_size],
-        "threads": args.threads, "steps_per_round": args.steps, "rounds": args.rounds,
-        "ms_per_step_median": med, "ms_per_step_samples": times,
-        "overhead": med["edgeres"] / med["plain"] - 1,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| loop | ms/step (median of {args.rounds}) |\n|---|---|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.2f} |")
-    print(f"edgeres overhead: {result['overhead'] * 100:+.2f}%  ({args.model}, batch {args.batch_size}, "
-          f"{args.img_size}x{args.img_size}, {args.threads} threads)")
+    fns = contenders(model, batches, nn.CrossEntropyLoss())
+    samples, load = method.timed(fns, args, tied=[list(fns)])
+    per_step = {name: [ms / args.steps for ms in s] for name, s in samples.items()}
+    result = method.record(
+        NAME, args, start, input=[args.batch_size, args.in_chans, args.img_size, args.img_size],
+        optimizer="AdamW lr 1e-3", steps_per_call=args.steps, load=load,
+        ms_per_step={name: method.distribution(s) for name, s in per_step.items()},
+        edgeres_vs_plain=method.compare(per_step["edgeres"], per_step["plain"], args.rounds),
+        control=method.control(per_step, "plain", "plain (twin)", args.rounds))
+    method.finish(NAME, result, args, markdown)
 
 
 if __name__ == "__main__":

@@ -1,87 +1,23 @@
 """Checkpoints: a directory holding `model.safetensors` and `model.json`. No pickle anywhere."""
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
+import json
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edgeres.artifacts import atomic_path, read_json, sha256_file, write_json
+from edgeres.artifacts import atomic_path, read_user_document, sha256_file, write_json
 from edgeres.errors import UserInputError
+# The file layout and ModelMeta live in the torch-free edgeres.meta; re-exported here for existing imports.
+from edgeres.meta import FORMAT_VERSION, META_FILE, WEIGHTS_FILE, ModelMeta, checkpoint_dir, is_checkpoint
 
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class ModelMeta:
-    """Everything needed to rebuild, feed and describe a model, stored beside its weights."""
-
-    arch: str
-    num_classes: int
-    in_chans: int = 3
-    arch_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    img_size: int = 224
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    class_names: list[str] | None = None
-    task: str = "classification"
-    # Shapes of every parameter whose shape differs from the unpruned architecture.
-    pruned_shapes: dict[str, list[int]] | None = None
-    parent_sha256: str | None = None
-    data: dict[str, Any] | None = None
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    history: dict[str, Any] = dataclasses.field(default_factory=dict)
-    compression: dict[str, Any] = dataclasses.field(default_factory=dict)
-    created: str = ""
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.in_chans, self.img_size, self.img_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserInputError(f"model.json has unknown fields {unknown}; known: {sorted(known)}")
-        for required in ("arch", "num_classes"):
-            if required not in d:
-                raise UserInputError(f"model.json lacks the required field {required!r}")
-        d = dict(d)
-        d["mean"], d["std"] = tuple(d.get("mean", cls.mean)), tuple(d.get("std", cls.std))
-        return cls(**d)
-
-
-def checkpoint_dir(path: str | Path) -> Path:
-    """Resolve a checkpoint path (the directory or either of its files) to its directory."""
-    p = Path(path)
-    if p.is_file() and p.name in (WEIGHTS_FILE, META_FILE):
-        p = p.parent
-    if not p.is_dir():
-        raise UserInputError(f"{path}: no such checkpoint directory (expected a folder with {WEIGHTS_FILE} and {META_FILE})")
-    for name in (WEIGHTS_FILE, META_FILE):
-        if not (p / name).is_file():
-            raise UserInputError(f"{p}: not an edgeres checkpoint, {name} is missing")
-    return p
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    p = Path(path)
-    if p.is_file():
-        p = p.parent
-    return (p / WEIGHTS_FILE).is_file() and (p / META_FILE).is_file()
+__all__ = ["FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "ModelMeta", "build_model", "checkpoint_dir",
+           "checkpoint_sha256", "is_checkpoint", "load", "load_checkpoint", "load_meta", "pruned_shapes",
+           "read_safetensors", "save_checkpoint"]
 
 
 def pruned_shapes(model: nn.Module, meta: ModelMeta) -> dict[str, list[int]] | None:
@@ -109,8 +45,19 @@ def save_checkpoint(model: nn.Module, meta: ModelMeta, path: str | Path) -> Path
 
 
 def load_meta(path: str | Path) -> ModelMeta:
-    d = checkpoint_dir(path)
-    return ModelMeta.from_dict(read_json(d / META_FILE))
+    """The validated model.json of a checkpoint; a damaged one is a UserInputError naming the file and field."""
+    file = checkpoint_dir(path) / META_FILE
+    return ModelMeta.from_dict(read_user_document(file, json.loads, (json.JSONDecodeError,), "a JSON object of "
+                                                  "model fields, as edgeres writes it"), source=str(file))
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; an empty, truncated or foreign file is a UserInputError naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:  # the reason names the broken part of the format, never the file's bytes
+        raise UserInputError(f"{path}: truncated or corrupt safetensors file ({e}); copy it again or re-save "
+                             "the checkpoint") from None
 
 
 def build_model(meta: ModelMeta) -> nn.Module:
@@ -128,18 +75,27 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMeta]:
     """Load a checkpoint in eval mode. Loading runs no code from the files."""
     d = checkpoint_dir(path)
     meta = load_meta(d)
+    state = read_safetensors(d / WEIGHTS_FILE)
+    with torch.device("meta"):  # shapes only: a model.json describing a giant model allocates nothing
+        _check_fits(build_model(meta).state_dict(), state, d, meta)
     model = build_model(meta)
-    state = load_file(str(d / WEIGHTS_FILE))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # size mismatches: model.json and the weights disagree
-        raise UserInputError(f"{d}: weights do not fit arch {meta.arch!r} as model.json describes it: {e}") from e
-    if missing or unexpected:
-        raise UserInputError(
-            f"{d}: weights do not match arch {meta.arch!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    model.load_state_dict(state)
     model.eval()
     return model, meta
+
+
+def _check_fits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], d: Path, meta: ModelMeta) -> None:
+    """Refuse weights whose names or shapes differ from the model model.json describes, naming the first few."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise UserInputError(f"{d}: {WEIGHTS_FILE} does not match arch {meta.arch!r} as {META_FILE} describes it: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k} {list(state[k].shape)} (model.json builds {list(v.shape)})"
+             for k, v in expected.items() if v.shape != state[k].shape]
+    if wrong:
+        raise UserInputError(f"{d}: the weights in {WEIGHTS_FILE} do not fit arch {meta.arch!r} as {META_FILE} "
+                             f"describes it: {'; '.join(wrong[:3])}")
 
 
 def checkpoint_sha256(path: str | Path) -> str:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
-from edgeres.errors import UserInputError
+from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
+                            os_error_as_user_input)
+from edgeres.meta import MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
 from edgeres.ui import console, fail, print_table, progress_bar, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,10 +32,12 @@ def _split(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 @app.command("models")
 def models_cmd(
     pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. '*se*'."),
-    img_size: int = typer.Option(224, help="Input size at which MACs are counted."),
-    num_classes: int = typer.Option(1000, help="Classifier size for the parameter count."),
+    img_size: int = typer.Option(224, min=MIN_IMG_SIZE, max=MAX_IMG_SIZE, help="Input size at which MACs are counted."),
+    num_classes: int = typer.Option(1000, min=1, max=MAX_NUM_CLASSES, help="Classifier size for the parameter count."),
 ) -> None:
     """List model variants with their parameters and MACs."""
+    import torch
+
     from edgeres.bench.profile import count_macs, count_params
     from edgeres.models import create, list_models
 
@@ -42,8 +47,9 @@ def models_cmd(
     rows = []
     with progress_bar("counting", total=len(names)) as advance:
         for name in names:
-            m = create(name, num_classes=num_classes)
-            rows.append((name, count_params(m), count_macs(m, (3, img_size, img_size)) / 1e6))
+            with torch.device("meta"):  # shapes only: no memory or initialisation, even at 4096 px
+                m = create(name, num_classes=num_classes)
+                rows.append((name, count_params(m), count_macs(m, (3, img_size, img_size)) / 1e6))
             advance(1)
     print_table(f"models at {img_size}x{img_size}, {num_classes} classes", ["name", "params", "MMACs"], rows)
 
@@ -70,6 +76,8 @@ def train_cmd(
     seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch."),
+    device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
+    amp: bool = typer.Option(False, help="Mixed precision: bf16 or fp16 on a GPU, bf16 on a CPU with native bf16."),
 ) -> None:
     """Train a classifier; the best checkpoint and its test metrics go to --out."""
     from edgeres.data import DataConfig
@@ -81,7 +89,7 @@ def train_cmd(
     cfg = TrainConfig(model=model, data=data_cfg, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
                       weights=str(weights) if weights else None, freeze=freeze, seed=seed, threads=threads,
-                      resume=resume)
+                      resume=resume, device=device, amp=amp)
     result = train(cfg)
     if result.metrics:
         _metrics_table(f"{model} -> {out}", result.metrics)
@@ -152,7 +160,9 @@ def export_cmd(
                                                       "max abs diff", "top-1 agree"], rows)
     console.print(f"wrote {out / 'export.json'}")
     if document["failed"]:
-        fail(f"{len(document['failed'])} export(s) failed validation; they were moved to {out / 'failed'}")
+        kept = [e for e in document["failed"] if e["file"]]  # an exporter that raised wrote no file
+        where = f"; the files that failed validation are in {out / 'failed'}" if kept else ""
+        fail(f"{len(document['failed'])} export(s) failed (see {out / 'export.json'}){where}")
         raise typer.Exit(1)
 
 
@@ -176,6 +186,8 @@ def prune_cmd(
     alpha: float = typer.Option(0.3, help="Weight of the hard-label loss (the rest is distillation)."),
     feature_weight: float = typer.Option(0.0, help="Weight of stage-feature distillation (0: logits only)."),
     seed: int = typer.Option(0, help="Seed for fine-tuning."),
+    device: str = typer.Option("auto", help="Fine-tune on: auto (a GPU when there is one), cpu, cuda or cuda:N."),
+    amp: bool = typer.Option(False, help="Mixed-precision fine-tuning, as in `edgeres train --amp`."),
 ) -> None:
     """Prune channels to a MACs/params budget, then fine-tune (optionally distilled) into a new checkpoint."""
     from edgeres.compress.job import FinetuneConfig, compress_checkpoint
@@ -190,7 +202,8 @@ def prune_cmd(
         prune_config = PruneConfig(target=target, amount=amount, importance=importance,
                                    global_pruning=global_pruning, round_to=round_to, steps=steps)
     ft = FinetuneConfig(epochs=finetune_epochs, lr=lr, teacher=str(distill) if distill else None,
-                        temperature=temperature, alpha=alpha, feature_weight=feature_weight, seed=seed)
+                        temperature=temperature, alpha=alpha, feature_weight=feature_weight, seed=seed,
+                        device=device, amp=amp)
     summary = compress_checkpoint(checkpoint, out, prune_config, ft, sparsity=sparsity)
     b, a = summary["before"], summary["after"]
     rows = [(what, b[key], a[key], a[key] / b[key] if b[key] else None)
@@ -281,6 +294,8 @@ def check_cmd(
     threads: Optional[int] = typer.Option(None, help="Inference threads."),
     junit: Optional[Path] = typer.Option(None, help="Write a JUnit XML report here for CI systems."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    allow_unrelated: bool = typer.Option(False, help="Gate a candidate not made from the baseline (a warning, "
+                                                     "recorded in the result) instead of refusing it."),
 ) -> None:
     """The CI gate: exit 0 when the candidate keeps accuracy (and latency/size) within limits, 1 when not."""
     from edgeres.artifacts import write_json
@@ -289,7 +304,8 @@ def check_cmd(
 
     config = GateConfig(max_drop=max_drop, max_class_drop=max_class_drop, max_latency_ms=max_latency_ms,
                         max_size_mb=max_size_mb)
-    result = check_artifacts(baseline, candidate, config, data=data, threads=threads)
+    result = check_artifacts(baseline, candidate, config, data=data, threads=threads,
+                             allow_unrelated=allow_unrelated)
     columns, rows = check_rows(result)
     print_table(f"gate: {candidate} vs {baseline}", columns, rows)
     for w in result.warnings:
@@ -313,11 +329,14 @@ def qat_cmd(
     lr: float = typer.Option(1e-4, help="Fine-tuning learning rate."),
     calib_size: int = typer.Option(300, help="Training-split images for the initial quantization ranges."),
     budget: Optional[float] = typer.Option(None, help="Accuracy budget in points: says whether QAT beat PTQ to it."),
+    device: str = typer.Option("auto", help="Fine-tune on: auto (a GPU when there is one), cpu, cuda or cuda:N "
+                                            "(fp32 always: bf16 would blur the int8 grid QAT simulates)."),
 ) -> None:
     """Quantization-aware training (NNCF): when post-training INT8 loses more accuracy than allowed."""
     from edgeres.compress.qat import QATConfig, quantization_aware_training, recommend_qat
 
-    record = quantization_aware_training(checkpoint, out, QATConfig(epochs=epochs, lr=lr, calib_size=calib_size))
+    config = QATConfig(epochs=epochs, lr=lr, calib_size=calib_size, device=device)
+    record = quantization_aware_training(checkpoint, out, config)
     acc, drops = record["accuracy"], record["drop_points"]
     rows = [(k, acc[k] * 100 if acc.get(k) is not None else None, drops.get(k)) for k in acc]
     print_table(f"QAT of {checkpoint} -> {out}", ["model", "test accuracy %", "drop (points)"], rows)
@@ -360,16 +379,37 @@ def run_cmd(
 
 
 def main() -> None:
-    """Entry point: bad input exits 2 with its message, never a traceback; usage errors exit 2 too."""
+    """Entry point. Exit 0 success, 1 a check failed, 2 bad input or usage (one line, no traceback), 3 a bug."""
     setup_logging()
     try:
         app()
     except UserInputError as e:
+        _exit_bad_input(e)
+    except CheckFailed as e:
         fail(str(e))
-        sys.exit(2)
+        sys.exit(EXIT_CHECK_FAILED)
+    except OSError as e:
+        user_error = os_error_as_user_input(e)
+        if user_error is None:
+            _exit_internal_error(e)
+        _exit_bad_input(user_error)
     except KeyboardInterrupt:
         fail("interrupted; a training run continues with --resume")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - anything else is a bug; never exit 1, which means "regression"
+        _exit_internal_error(e)
+
+
+def _exit_bad_input(e: UserInputError) -> NoReturn:
+    fail(str(e))
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _exit_internal_error(e: BaseException) -> NoReturn:
+    traceback.print_exc()
+    fail(f"internal error ({type(e).__name__}: {e}); this is a bug in edgeres, please report it "
+         "with the traceback above")
+    sys.exit(EXIT_INTERNAL_ERROR)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeres.artifacts import package_versions, read_json, sha256_file, write_json
-from edgeres.errors import UserInputError
+from edgeres.errors import CheckFailed, UserInputError
 from edgeres.recipe import Recipe
 
 log = logging.getLogger("edgeres")
@@ -36,20 +36,64 @@ class Manifest:
 
     def __init__(self, run: Path):
         self.path = run / MANIFEST
-        self.data = read_json(self.path) if self.path.is_file() else {"stages": {}}
+        self.data = _read_manifest(self.path) if self.path.is_file() else {"stages": {}}
+
+    def wrote(self, stage: str) -> bool:
+        """Whether an edgeres run in this directory started writing `stage`'s folder."""
+        return stage in self.data["stages"]
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
 
     def is_current(self, stage: str, key: str, directory: Path) -> bool:
         rec = self.data["stages"].get(stage)
-        return bool(rec and rec["key"] == key and rec["status"] == "done" and directory.is_dir()
-                    and _outputs(directory) == rec["outputs"])
+        return bool(rec and rec.get("key") == key and rec.get("status") == "done" and directory.is_dir()
+                    and _outputs(directory) == rec.get("outputs"))
 
     def was_started(self, stage: str, key: str) -> bool:
         rec = self.data["stages"].get(stage)
-        return bool(rec and rec["key"] == key and rec["status"] == "started")
+        return bool(rec and rec.get("key") == key and rec.get("status") == "started")
 
     def record(self, stage: str, **fields: Any) -> None:
         self.data["stages"][stage] = {**self.data["stages"].get(stage, {}), **fields}
-        write_json(self.path, self.data)
+        self.save()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path} is not valid JSON ({e}); it is the record of what this run wrote. Remove "
+                             "the run directory or choose another --out") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+        raise UserInputError(f"{path} is not an edgeres manifest (no 'stages' mapping); choose another --out")
+    return data
+
+
+def _claim(root: Path) -> Manifest:
+    """The run directory's manifest; a folder that holds files but no manifest is someone else's: refused."""
+    if root.exists() and not root.is_dir():
+        raise UserInputError(f"run directory {root} is a file; choose another --out")
+    if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()):
+        raise UserInputError(f"{root} already holds files and no edgeres {MANIFEST}: edgeres will not write "
+                             "into (or delete from) a folder it did not create; choose another --out or name")
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(root)
+    manifest.save()  # from now on the folder is marked as a run directory
+    return manifest
+
+
+def _clear_stage(manifest: Manifest, stage: str, directory: Path) -> None:
+    """Remove a stage's earlier output, but only when the manifest says an edgeres run wrote it."""
+    if manifest.wrote(stage) and directory.is_dir() and not directory.is_symlink():
+        shutil.rmtree(directory)  # stale: made from other inputs, or half-made by an interrupted run
+    elif manifest.wrote(stage):
+        directory.unlink()
+    elif directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+    else:
+        raise UserInputError(f"{directory} exists but {manifest.path} does not record it as written by this run; "
+                             "edgeres will not delete it: move it away or choose another --out")
 
 
 class _Run:
@@ -77,7 +121,7 @@ def _stage_train(run: _Run, resume: bool) -> None:
     train(TrainConfig(model=t.model, data=run.data_config(), out=str(run.dirs["train"]), epochs=t.epochs,
                       batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, scheduler=t.scheduler,
                       patience=t.patience, balance=t.balance, weights=t.weights, freeze=t.freeze,
-                      seed=run.recipe.seed, resume=resume))
+                      seed=run.recipe.seed, resume=resume, device=t.device, amp=t.amp))
 
 
 def _stage_prune(run: _Run, resume: bool) -> None:
@@ -91,7 +135,7 @@ def _stage_prune(run: _Run, resume: bool) -> None:
     config = PruneConfig(target=target, amount=amount, importance=p.importance, global_pruning=p.global_pruning,
                          round_to=p.round_to, steps=p.steps)
     ft = FinetuneConfig(epochs=p.finetune_epochs, lr=p.lr, teacher=str(run.dirs["train"]) if p.distill else None,
-                        temperature=p.temperature, alpha=p.alpha, seed=run.recipe.seed)
+                        temperature=p.temperature, alpha=p.alpha, seed=run.recipe.seed, device=p.device, amp=p.amp)
     compress_checkpoint(run.dirs["train"], run.dirs["prune"], config, ft)
 
 
@@ -104,7 +148,7 @@ def _stage_export(run: _Run, resume: bool) -> None:
                                          calib_size=e.calib_size, max_drop=e.max_drop,
                                          dynamic_batch=e.dynamic_batch))
     if not doc["artifacts"]:
-        raise RuntimeError(f"every export failed validation; see {run.dirs['export'] / 'export.json'}")
+        raise CheckFailed(f"every export failed validation; see {run.dirs['export'] / 'export.json'}")
 
 
 def _bench_paths(run: _Run) -> list[Path]:
@@ -178,9 +222,8 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
     from edgeres import __version__
 
     root = Path(out or recipe.out or Path("runs") / recipe.name)
-    root.mkdir(parents=True, exist_ok=True)
+    manifest = _claim(root)
     write_json(root / "recipe.json", recipe.model_dump())
-    manifest = Manifest(root)
     run = _Run(recipe, root)
     upstream = _digest({"data": recipe.data.model_dump(), "seed": recipe.seed, "edgeres": __version__})
     done: dict[str, str] = {}
@@ -198,7 +241,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
             continue
         resume = stage == "train" and manifest.was_started(stage, key) and (directory / "last").is_dir()
         if directory.exists() and not resume:
-            shutil.rmtree(directory)  # stale: made from other inputs, or half-made by an interrupted run
+            _clear_stage(manifest, stage, directory)
         if on_stage:
             on_stage(stage, "resuming" if resume else "running")
         start = time.perf_counter()

@@ -1,16 +1,19 @@
 """Recipes: the whole pipeline as validated YAML. Errors name the field and what it accepts."""
 from __future__ import annotations
 
+import re
+import typing
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeres.artifacts import read_user_document
 from edgeres.errors import UserInputError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class _Strict(BaseModel):
@@ -27,6 +30,9 @@ class DataStage(_Strict):
     skip_bad: bool = False
 
 
+_DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # as edgeres.train.device checks it, without importing torch here
+
+
 class TrainStage(_Strict):
     model: str
     epochs: int = Field(10, ge=1)
@@ -38,6 +44,8 @@ class TrainStage(_Strict):
     balance: Literal["none", "loss", "sampler"] = "none"
     weights: Optional[str] = None
     freeze: Optional[str] = None
+    device: str = Field("auto", pattern=_DEVICE)
+    amp: bool = False               # mixed precision (edgeres.train.device says what it means where)
 
 
 class PruneStage(_Strict):
@@ -52,6 +60,8 @@ class PruneStage(_Strict):
     distill: bool = True            # the trained model teaches the pruned one
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.3, ge=0, le=1)
+    device: str = Field("auto", pattern=_DEVICE)
+    amp: bool = False
 
 
 class ExportStage(_Strict):
@@ -84,8 +94,8 @@ class ReportStage(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
-    out: Optional[str] = None         # default runs/<name>
+    name: str                         # a plain name, never a path: the default run directory is runs/<name>
+    out: Optional[str] = None         # default runs/<name>; any path (the run deletes only what it wrote)
     seed: int = 0
     data: DataStage
     train: TrainStage
@@ -94,6 +104,15 @@ class Recipe(_Strict):
     bench: Optional[BenchStage] = None
     check: Optional[CheckStage] = None
     report: Optional[ReportStage] = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            # The value is not quoted: error messages never repeat a user file's text.
+            raise ValueError("must be a plain name (letters, digits, '.', '_', '-'; not '.' or '..'), not a path; "
+                             "to put the run elsewhere, set out: or pass --out")
+        return name
 
 
 def list_recipes() -> list[str]:
@@ -108,11 +127,66 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         if not path.is_file():
             raise UserInputError(f"no recipe named {name_or_path!r}; packaged recipes: {list_recipes()}, "
                                  "or give a path to a YAML file")
-    raw = read_user_document(path, yaml.safe_load, (yaml.YAMLError,), "a recipe file in YAML")
+    raw, node = read_user_document(path, _parse_yaml, (yaml.YAMLError,), "a recipe file in YAML")
     if not isinstance(raw, dict):
-        raise UserInputError(f"{path}: a recipe is a mapping of stages, got {type(raw).__name__}")
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise UserInputError(f"{path}: a recipe is a mapping of stages, got {got}")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise UserInputError(f"{path}: invalid recipe: {problems}") from None
+        problems = [_describe(err, node) for err in e.errors()]
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise UserInputError(f"{path}: invalid recipe: {'; '.join(problems[:5])}{more}") from None
+
+
+def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """The document (safe types only) and its node tree, which knows where each key is."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
+
+def _describe(err: dict[str, Any], node: yaml.Node | None) -> str:
+    """One validation error as `field (line L, column C): what was wrong`, quoting no text from the file.
+
+    Schema field names are safe to print; an unknown key is the file's own text (`edgeres run /etc/shadow`
+    turns every line into one), so it is given by position only.
+    """
+    unknown = err["type"] == "extra_forbidden"
+    known = err["loc"][:-1] if unknown else err["loc"]
+    mark = None if err["type"] == "missing" else _mark(node, err["loc"])
+    where = (".".join(map(str, known)) or "top level") + (f" (line {mark.line + 1}, column {mark.column + 1})"
+                                                          if mark else "")
+    if unknown:
+        return f"{where}: unknown field; expected one of {', '.join(_fields(known))}"
+    return f"{where}: {err['msg']}"
+
+
+def _mark(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Mark | None:
+    """Where the key (or list item) `loc` points at starts in the file; None if it is not there (missing)."""
+    mark = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)]
+            if not found:
+                return mark if mark is not None else node.start_mark
+            mark, node = found[0][0].start_mark, found[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            mark = node.start_mark
+        else:
+            break
+    return mark
+
+
+def _fields(loc: tuple[Any, ...]) -> list[str]:
+    """The field names the recipe schema allows at `loc` (a path of field names from the top)."""
+    model: type[BaseModel] = Recipe
+    for name in loc:
+        annotation = model.model_fields[name].annotation
+        model = next(a for a in (*typing.get_args(annotation), annotation)
+                     if isinstance(a, type) and issubclass(a, BaseModel))
+    return list(model.model_fields)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -62,5 +63,6 @@ def _fmt(v: Any) -> str:
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    """Print an error line; the message is plain text (paths like '[x]' are never read as rich markup)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     sys.stderr.flush()

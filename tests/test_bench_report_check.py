@@ -28,6 +28,7 @@ def results(tiny_checkpoint, onnx_file):
     return bench_artifacts([tiny_checkpoint, onnx_file], config)
 
 
+@pytest.mark.slow
 def test_bench_measures_latency_size_memory_accuracy(results, tiny_checkpoint):
     env = results["environment"]
     assert env["cpu"] and env["cores"] >= 1 and "torch" in env["versions"]
@@ -38,8 +39,14 @@ def test_bench_measures_latency_size_memory_accuracy(results, tiny_checkpoint):
         assert len(engine["samples_ms"]) == engine["runs"] and 5 <= engine["runs"] <= 20
         assert 0 < engine["p50_ms"] <= engine["p90_ms"] <= engine["p99_ms"]
         assert e["latency"]["end_to_end"]["p50_ms"] > 0
-        assert e["size_bytes"] > 0 and e["peak_rss_mb"] > 50 and e["threads"] == 2
+        assert e["size_bytes"] > 0 and e["threads"] == 2
+        memory = e["memory"]
+        assert 0 < memory["runtime_baseline_mb"] < memory["runtime_peak_mb"] and memory["harness_peak_mb"] > 50
+        assert e["load"]["wall_s"] > 0 and len(e["load"]["loadavg_before"]) == 3
         assert e["params"] == torch_entry["params"] and e["macs"] == torch_entry["macs"]
+    # The ONNX file's runtime process holds onnxruntime and the model; the harness holds torch and the data too.
+    assert onnx_entry["memory"]["imported"]["torch"] is False and torch_entry["memory"]["imported"]["torch"] is True
+    assert onnx_entry["memory"]["runtime_peak_mb"] < onnx_entry["memory"]["harness_peak_mb"]
     assert torch_entry["backend"] == "torch" and onnx_entry["backend"] == "onnxruntime"
     reference = read_json(tiny_checkpoint / "metrics.json")["test"]["accuracy"]
     assert torch_entry["metrics"]["accuracy"] == reference
@@ -86,6 +93,7 @@ def test_report_html_renders_in_a_real_browser(results, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cli_bench_and_report(tiny_checkpoint, tmp_path):
     res = subprocess.run([*CLI, "bench", str(tiny_checkpoint), "--out", str(tmp_path), "--runs", "10",
                           "--warmup", "2", "--min-seconds", "0", "--no-accuracy"], capture_output=True, text=True)
@@ -107,6 +115,7 @@ def broken(tiny_checkpoint, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_gate_passes_identical_and_fails_broken(tiny_checkpoint, onnx_file, broken, tmp_path):
     ok = subprocess.run([*CLI, "check", "--baseline", str(tiny_checkpoint), "--candidate", str(onnx_file),
                          "--max-drop", "0.5"], capture_output=True, text=True)

@@ -1,5 +1,4 @@
 import copy
-import importlib
 
 import pytest
 import torch
@@ -7,8 +6,11 @@ import torch.nn.functional as F
 
 from edgeres.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
 from edgeres.compress import Distiller, PruneConfig, kd_loss, load_teacher, prune
+from edgeres.data import DataConfig, load_data
 from edgeres.errors import UserInputError
 from edgeres.models import create
+from edgeres.train.config import TrainConfig
+from edgeres.train.loop import train
 
 SHAPE = (3, 32, 32)
 
@@ -129,20 +131,7 @@ def test_load_teacher_checks_it_fits_the_student(tmp_path):
             load_teacher(tmp_path / "t", student)
 
 
-def _training_available() -> bool:
-    try:
-        importlib.import_module("edgeres.train.loop")  # imports edgeres.data, written concurrently
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _training_available(), reason="edgeres.data is not importable yet")
 def test_prune_then_distill_one_epoch_end_to_end(tmp_path):
-    from edgeres.data import DataConfig, load_data
-    from edgeres.train.config import TrainConfig
-    from edgeres.train.loop import train
-
     data = DataConfig(source="digits", img_size=16)
     bundle = load_data(data)
     classes, chans = len(bundle.class_names), bundle.in_chans

@@ -119,6 +119,7 @@ def test_bad_export_config():
         ExportConfig(precisions=("int4",))
 
 
+@pytest.mark.slow
 def test_cli_export_and_eval(tiny_checkpoint, tmp_path):
     cli = [sys.executable, "-m", "edgeres.cli"]
     res = subprocess.run([*cli, "export", str(tiny_checkpoint), "--to", "onnx", "--out", str(tmp_path)],

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -9,24 +10,26 @@ from edgeres.errors import UserInputError
 from edgeres.models import SimAM, SqueezeExcite, create, list_models, load_weights
 from edgeres.models.registry import variant_args
 
-# Every registered model needs a case here; test_registry_fully_covered fails otherwise.
-CASES = {
-    "resnet18": {}, "resnet34": {}, "resnet50": {}, "resnet101": {}, "resnet152": {},
-    "se_resnet18": {}, "se_resnet34": {}, "se_resnet50": {}, "se_resnet101": {},
-    "simam_resnet18": {}, "simam_resnet50": {},
-    "resnet50v2": {}, "se_resnet50v2": {}, "asff_resnet50": {},
-    "test_resnet": {}, "test_resnet_bottleneck": {}, "test_se_resnet": {}, "test_simam_resnet": {},
-    "test_resnet_v2": {}, "test_se_resnet_v2": {}, "test_asff_resnet": {},
+# Every registered model needs an entry; test_registry_fully_covered fails otherwise. The value is the
+# model's parameter count at 1000 classes where one is published (torchvision, timm, Keras) or follows from
+# published parts (the comment shows the sum); None for the tiny test variants, which get the shape check only.
+CASES: dict[str, int | None] = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,  # torchvision
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+    "se_resnet18": 11_779_624, "se_resnet34": 21_960_416,  # timm seresnet18/34/50/101
+    "se_resnet50": 28_088_024, "se_resnet101": 49_326_872,
+    "simam_resnet18": 11_689_512, "simam_resnet50": 25_557_032,  # SimAM adds no parameters
+    "resnet50v2": 25_568_360,  # Keras ResNet50V2
+    # resnet50v2 plus se_resnet50's SE modules (same block widths): 25,568,360 + 2,530,992.
+    "se_resnet50v2": 28_099_352,
+    # resnet50 - its 2048-wide fc (2,049,000) + ASFF of layer3/4 to 512 channels (1,591,426) + a 512-wide fc
+    # (513,000). ASFF: 1x1 projections 1024*512 + 2048*512 with BN (2*2*512), 512->16 weight convs with BN
+    # (2*(8,192 + 32)), level logits 32*2 + 2.
+    "asff_resnet50": 25_612_458,
+    "test_resnet": None, "test_resnet_bottleneck": None, "test_se_resnet": None, "test_simam_resnet": None,
+    "test_resnet_v2": None, "test_se_resnet_v2": None, "test_asff_resnet": None,
 }
 TINY = [n for n in CASES if n.startswith("test_")]
-
-PUBLISHED_PARAMS = {
-    "resnet18": 11_689_512,
-    "resnet50": 25_557_032,
-    "se_resnet50": 28_088_024,
-    "simam_resnet18": 11_689_512,
-    "resnet50v2": 25_568_360,
-}
 
 
 def n_params(m: nn.Module) -> int:
@@ -35,25 +38,29 @@ def n_params(m: nn.Module) -> int:
 
 def test_registry_fully_covered():
     assert sorted(CASES) == list_models()
+    assert all(CASES[n] is not None for n in CASES if n not in TINY), "full-size models state their size"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_forward_shape_grayscale_small_input(name):
-    model = create(name, num_classes=3, in_chans=1, **CASES[name]).eval()
+    model = create(name, num_classes=3, in_chans=1).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, 3)
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name,count", sorted(PUBLISHED_PARAMS.items()))
-def test_published_parameter_counts(name, count):
-    assert n_params(create(name)) == count
+@pytest.mark.parametrize("name", sorted(n for n, count in CASES.items() if count is not None))
+def test_parameter_counts(name):
+    with torch.device("meta"):  # shapes only: counting needs no memory or initialisation
+        model = create(name)
+    assert n_params(model) == CASES[name]
 
 
 def test_plain_resnets_match_torchvision_parameter_counts():
-    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-        assert n_params(create(name)) == n_params(getattr(torchvision.models, name)()), name
+    with torch.device("meta"):
+        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+            assert n_params(create(name)) == n_params(getattr(torchvision.models, name)()), name
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
@@ -70,6 +77,95 @@ def test_torchvision_weights_give_identical_outputs(name, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+
+
+# timm's SE hidden width per block width: make_divisible(channels / 16, 8), i.e. 4 rounds up to 8.
+TIMM_SE_WIDTH = {64: 8, 128: 8, 256: 16, 512: 32}
+TIMM_SERESNETS = {"se_resnet18": (2, 2, 2, 2), "se_resnet34": (3, 4, 6, 3)}
+
+
+def _timm_seresnet_state(layers: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Random tensors under the names and shapes of timm's seresnet18/34 state dict (BasicBlock layout)."""
+    g = torch.Generator().manual_seed(0)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(key: str, cout: int, cin: int, k: int, bias: bool = False) -> None:
+        state[f"{key}.weight"] = torch.randn(cout, cin, k, k, generator=g) * (2 / (cin * k * k)) ** 0.5
+        if bias:
+            state[f"{key}.bias"] = 0.1 * torch.randn(cout, generator=g)
+
+    def bn(key: str, c: int) -> None:
+        state.update({f"{key}.weight": 1 + 0.1 * torch.randn(c, generator=g),
+                      f"{key}.bias": 0.1 * torch.randn(c, generator=g),
+                      f"{key}.running_mean": 0.1 * torch.randn(c, generator=g),
+                      f"{key}.running_var": 0.5 + torch.rand(c, generator=g),
+                      f"{key}.num_batches_tracked": torch.tensor(0)})
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    cin = 64
+    for i, (depth, c) in enumerate(zip(layers, (64, 128, 256, 512)), 1):
+        for j in range(depth):
+            p = f"layer{i}.{j}"
+            conv(f"{p}.conv1", c, cin, 3)
+            bn(f"{p}.bn1", c)
+            conv(f"{p}.conv2", c, c, 3)
+            bn(f"{p}.bn2", c)
+            conv(f"{p}.se.fc1", TIMM_SE_WIDTH[c], c, 1, bias=True)
+            conv(f"{p}.se.fc2", c, TIMM_SE_WIDTH[c], 1, bias=True)
+            if cin != c:
+                conv(f"{p}.downsample.0", c, cin, 1)
+                bn(f"{p}.downsample.1", c)
+            cin = c
+    state["fc.weight"] = 0.01 * torch.randn(1000, 512, generator=g)
+    state["fc.bias"] = torch.zeros(1000)
+    return state
+
+
+def _timm_seresnet_forward(state: dict[str, torch.Tensor], layers: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    """timm's SE-ResNet forward written out with functional ops: SE after bn2, before the residual add."""
+    def bn(t, key):
+        return F.batch_norm(t, state[f"{key}.running_mean"], state[f"{key}.running_var"], state[f"{key}.weight"],
+                            state[f"{key}.bias"], training=False, eps=1e-5)
+
+    x = F.max_pool2d(F.relu(bn(F.conv2d(x, state["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    for i, depth in enumerate(layers, 1):
+        for j in range(depth):
+            p, stride = f"layer{i}.{j}", (2 if i > 1 and j == 0 else 1)
+            out = F.relu(bn(F.conv2d(x, state[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+            out = bn(F.conv2d(out, state[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+            squeeze = F.relu(F.conv2d(out.mean((2, 3), keepdim=True), state[f"{p}.se.fc1.weight"],
+                                      state[f"{p}.se.fc1.bias"]))
+            out = out * torch.sigmoid(F.conv2d(squeeze, state[f"{p}.se.fc2.weight"], state[f"{p}.se.fc2.bias"]))
+            if f"{p}.downsample.0.weight" in state:
+                x = bn(F.conv2d(x, state[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+            x = F.relu(out + x)
+    return F.linear(x.mean((2, 3)), state["fc.weight"], state["fc.bias"])
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_SERESNETS))
+def test_timm_seresnet_weights_load_and_give_timms_outputs(name, tmp_path):
+    layers = TIMM_SERESNETS[name]
+    state = _timm_seresnet_state(layers)
+    learned = sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "tracked")))
+    assert learned == CASES[name], "the hand-built state dict has timm's parameter count"
+    path = tmp_path / f"{name}.pth"
+    torch.save(state, path)
+    model = create(name, weights=path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _timm_seresnet_forward(state, layers, x))
+
+
+def test_se_hidden_width_is_rounded_like_timm():
+    with torch.device("meta"):
+        models = {name: create(name) for name in ("se_resnet18", "se_resnet50")}
+    widths = {name: [stage[0].se.fc1.out_channels for stage in (m.layer1, m.layer2, m.layer3, m.layer4)]
+              for name, m in models.items()}
+    assert widths == {"se_resnet18": [8, 8, 16, 32], "se_resnet50": [16, 32, 64, 128]}
+    assert SqueezeExcite(40).fc1.out_channels == 8 and SqueezeExcite(200).fc1.out_channels == 16
+    with pytest.raises(UserInputError, match="reduction"):
+        SqueezeExcite(64, reduction=0)
 
 
 def test_transfer_learning_reinitialises_classifier(tmp_path):
@@ -150,7 +246,7 @@ def _call_order(block: nn.Module, x: torch.Tensor) -> list[str]:
 def test_se_sits_after_last_bn_before_add():
     block = create("se_resnet18").layer1[0]
     assert _call_order(block, torch.randn(1, 64, 8, 8)) == ["conv1", "bn1", "conv2", "bn2", "se"]
-    assert block.se.fc1.out_channels == 64 // 16
+    assert block.se.fc1.out_channels == 8  # timm's rounding: 64 / 16 = 4 goes up to a multiple of 8
 
 
 def test_simam_sits_after_3x3_conv_before_its_bn():
@@ -194,9 +290,17 @@ def test_asff_fuses_two_levels():
 
 def test_asff_weights_sum_to_one_per_pixel():
     fusion = create("test_asff_resnet").fusion.eval()
-    a, b = torch.ones(1, 128, 4, 4), torch.ones(1, 256, 2, 2)
-    out = fusion([a, b])
-    assert out.shape == (1, 32, 2, 2)
+    assert fusion([torch.ones(1, 128, 4, 4), torch.ones(1, 256, 2, 2)]).shape == (1, 32, 2, 2)
+    # Without the projections the levels reach the weighting as given, so the output is sum_i w_i * level_i.
+    fusion.proj = nn.ModuleList([nn.Identity(), nn.Identity()])
+    a, b = torch.randn(2, 32, 3, 3), torch.randn(2, 32, 3, 3)
+    with torch.no_grad():
+        # Two equal levels come out unchanged only if the weights sum to one at every pixel ...
+        torch.testing.assert_close(fusion([a, a]), a)
+        # ... and different ones land between them only if no weight is negative.
+        mixed = fusion([a, b])
+    assert ((mixed >= torch.minimum(a, b) - 1e-6) & (mixed <= torch.maximum(a, b) + 1e-6)).all()
+    assert not torch.allclose(mixed, (a + b) / 2), "weights differ per pixel, not a fixed average"
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -15,6 +15,7 @@ from edgeres.checkpoint import ModelMeta
 from edgeres.errors import UserInputError
 from edgeres.export.onnx import export_onnx, find_attention_nodes, quantize_onnx, read_onnx_meta
 from edgeres.export.validate import Tolerance, compare_outputs, judge
+from edgeres.models import create, list_models, variant_args
 from edgeres.runtime import load
 
 IMG = 32
@@ -236,19 +237,9 @@ def test_plain_resnet_has_no_attention(plain):
     assert find_attention_nodes(onnx.load(str(plain[1]))) == []
 
 
-def _zoo() -> list[str]:
-    try:
-        from edgeres.models import list_models
-    except ImportError:  # the zoo is written in parallel; until it lands only the local models are tested
-        return []
-    return list_models("test_*")
-
-
-@pytest.mark.parametrize("name", _zoo())
+@pytest.mark.parametrize("name", list_models("test_*"))
 def test_model_zoo_tiny_variants_export(name, tmp_path):
     """Every tiny registered variant exports, matches torch, and has exactly its declared attention found."""
-    from edgeres.models import create, variant_args
-
     model = create(name, num_classes=10, in_chans=3).eval()
     export_onnx(model, make_meta(name), tmp_path / "m.onnx")
     x = batches(1, 2)[0]

@@ -5,26 +5,24 @@ import subprocess
 import sys
 
 import numpy as np
+import openvino as ov
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ov = pytest.importorskip("openvino")
-pytest.importorskip("nncf")
-
-from edgeres import models  # noqa: E402
-from edgeres.checkpoint import ModelMeta  # noqa: E402
-from edgeres.errors import UserInputError  # noqa: E402
-from edgeres.export.openvino.convert import export_openvino, quantized_ops  # noqa: E402
-from edgeres.export.openvino.quantize import (  # noqa: E402
+from edgeres import models
+from edgeres.checkpoint import ModelMeta
+from edgeres.errors import UserInputError
+from edgeres.export.openvino.convert import export_openvino
+from edgeres.export.openvino.quantize import (
     find_attention,
     quantize_openvino,
     quantize_openvino_with_accuracy_control,
 )
-from edgeres.export.validate import TOLERANCES, compare_outputs, judge  # noqa: E402
-from edgeres.runtime import load  # noqa: E402
-from edgeres.runtime.openvino import execution_precision  # noqa: E402
+from edgeres.export.validate import TOLERANCES, compare_outputs, judge
+from edgeres.runtime import load
+from edgeres.runtime.openvino import execution_precision
 
 IMG, CLASSES = 32, 10
 SHA = "ab" * 32
@@ -128,7 +126,10 @@ def test_runner_reports_what_executes(irs):
     fp32 = load(irs["test_se_resnet.fp32"][0], precision="fp32")
     assert fp32.info.extra["inference_precision_hint"] == "f32"
     int8 = load(irs["test_se_resnet.int8.True"][0], precision="int8")
-    assert int8.info.precision == "int8" and int8.info.extra["int8"]
+    # The float layers of an INT8 IR run in bf16 on CPUs with native bf16: "int8/bf16" names that.
+    hint = int8.info.extra["inference_precision_hint"]
+    assert int8.info.precision == {"f32": "int8", "bf16": "int8/bf16", "f16": "int8/fp16"}[hint]
+    assert int8.info.extra["int8"]
 
 
 @pytest.mark.parametrize("hint, flags, label", [
@@ -152,17 +153,48 @@ def test_int8_agrees_with_fp32(irs, batch, name, ignore):
     fp32 = load(irs[f"{name}.fp32"][0], precision="fp32")(batch)
     path, record = irs[f"{name}.int8.{ignore}"]
     runner = load(path)
-    assert runner.info.precision == "int8"
+    assert runner.info.precision.split("/")[0] == "int8"  # "int8/bf16" on CPUs with native bf16
     assert record["calibration_samples"] == 64
     assert judge(compare_outputs(fp32, runner(batch)), TOLERANCES["int8"]) == []
     assert bool(record["ignored_attention"]) == ignore
 
 
-def test_ignored_attention_stays_float(irs):
-    for name in ("test_se_resnet", "test_simam_resnet"):
-        path, record = irs[f"{name}.int8.True"]
-        quantized = quantized_ops(ov.Core().read_model(path))
-        assert record["ignored_attention"] and not quantized & set(record["ignored_attention"])
+_LOW_BIT = {"i8", "u8", "i4", "u4", "nf4", "f8e4m3", "f8e5m2"}
+
+
+def _low_bit_weight(node) -> bool:
+    """A low-bit constant, or a constant-only Convert/Subtract/Multiply chain dequantizing one."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node.get_element_type().get_type_name() in _LOW_BIT
+    if kind in ("Convert", "Subtract", "Multiply", "Reshape"):
+        sources = [i.get_source_output().get_node() for i in node.inputs()]
+        return (all(s.get_type_name() == "Constant" or _low_bit_weight(s) for s in sources)
+                and any(_low_bit_weight(s) for s in sources))
+    return False
+
+
+def _from_quantizer(node) -> bool:
+    return node.get_type_name() in ("FakeQuantize", "FakeConvert") or _low_bit_weight(node)
+
+
+def _quantized(ir, names: set[str]) -> set[str]:
+    """Those of `names` that read an input from a quantizer; refuses names the IR does not hold."""
+    ops = {op.get_friendly_name(): op for op in ir.get_ops()}
+    assert names <= set(ops), f"not in the IR: {sorted(names - set(ops))}"
+    return {n for n in names if any(_from_quantizer(i.get_source_output().get_node()) for i in ops[n].inputs())}
+
+
+@pytest.mark.parametrize("name", ["test_se_resnet", "test_simam_resnet"])
+def test_ignored_attention_stays_float(irs, name):
+    sites = find_attention(ov.Core().read_model(irs[f"{name}.fp32"][0]))
+    kept = {n for site in sites for n in site["ignore"]}
+    assert kept and set(irs[f"{name}.int8.True"][1]["ignored_attention"]) == kept
+    with_scope, without = (ov.Core().read_model(irs[f"{name}.int8.{flag}"][0]) for flag in (True, False))
+    assert _quantized(with_scope, kept) == set(), "a FakeQuantize feeds an attention op meant to stay float"
+    # The same ops are quantized when nothing keeps them float: the scope is what protects them.
+    for site in sites:
+        assert _quantized(without, set(site["ignore"])), site
 
 
 def test_attention_found_by_op_pattern(irs, trained):
@@ -194,9 +226,13 @@ def test_accuracy_control_keeps_sensitive_layers_float(irs, trained, tmp_path):
     out = tmp_path / "ac.int8.xml"
     record = quantize_openvino_with_accuracy_control(irs["test_se_resnet.fp32"][0], [x[:32]], val, out,
                                                      max_drop=0.0, max_reverted=2)
-    assert isinstance(record["reverted_by_nncf"], list) and record["validation_samples"] == 64
+    assert record["validation_samples"] == 64
+    ir = ov.Core().read_model(out)
+    kept, reverted = set(record["ignored_attention"]), set(record["reverted_by_nncf"])
+    assert kept and _quantized(ir, kept) == set(), "attention ops must stay float here too"
+    assert _quantized(ir, reverted) == set(), "a layer NNCF reports as reverted still reads a quantizer"
     runner = load(out)
-    assert runner.info.precision == "int8" and runner.meta == _meta("test_se_resnet")
+    assert runner.info.precision.split("/")[0] == "int8" and runner.meta == _meta("test_se_resnet")
     assert (runner(x).argmax(1) == labels).mean() >= 0.9
 
 

@@ -28,7 +28,9 @@ def _metrics(acc: float) -> dict:
 def _artifact(name, backend, precision, p50=None, acc=None, batch=1, **kw) -> dict:
     return {"name": name, "path": f"runs/b/{name}", "backend": backend, "precision": precision, "threads": 2,
             "batch_size": batch, "input_shape": [batch, 3, 32, 32], "size_bytes": 44_700_000, "params": 11_200_000,
-            "macs": 1_820_000_000, "peak_rss_mb": 300.0,
+            "macs": 1_820_000_000,
+            "memory": {"runtime_baseline_mb": 52.0, "runtime_peak_mb": 98.5, "harness_peak_mb": 750.0},
+            "load": {"contended": False, "other_cores": 0.01, "loadavg_before": [0.1, 0.1, 0.1]},
             "latency": {"engine": _latency(p50, batch=batch), "end_to_end": None} if p50 else None,
             "metrics": _metrics(acc) if acc is not None else None,
             "class_names": ["cat", "dog"] if acc is not None else None, **kw}
@@ -40,8 +42,10 @@ RESULTS = {
     "artifacts": [
         _artifact("resnet18.fp32", "torch", "fp32", p50=10.0, acc=0.95),
         _artifact("model.onnx", "onnxruntime", "fp32", p50=5.0, acc=0.95, size_bytes=44_600_000),
-        _artifact("model.int8.xml", "openvino", "int8", p50=20.0, acc=0.94, batch=8, size_bytes=11_300_000),
-        _artifact("model.engine", "tensorrt", "fp16", params=None, macs=None, size_bytes=None),
+        _artifact("model.int8.xml", "openvino", "int8", p50=20.0, acc=0.94, batch=8, size_bytes=11_300_000,
+                  load={"contended": True, "other_cores": 1.02, "loadavg_before": [2.5, 1.0, 0.5]}),
+        _artifact("model.engine", "tensorrt", "fp16", params=None, macs=None, size_bytes=None,
+                  memory={"harness_peak_mb": 700.0}, load=None),
     ],
     "baseline": "resnet18.fp32",
     "gate": None,
@@ -118,6 +122,9 @@ def test_summary_rows_speedup_and_missing():
     for name in ("params", "MMACs", "size MB", "p50 ms", "p99 ms", "img/s", "accuracy %"):
         assert engine[col[name]] == MISSING
     assert rows[0][col["MMACs"]] == "1,820.0" and rows[0][col["params"]] == "11.20M"
+    assert [r[col["runtime MB"]] for r in rows] == ["98.5 (+46.5)"] * 3 + [MISSING]
+    assert [r[col["harness MB"]] for r in rows] == ["750.0"] * 3 + ["700.0"]
+    assert [r[col["CPU contention"]] for r in rows] == ["no", "no", "YES (1.02 cores)", MISSING]
     no_baseline = summary_rows({**RESULTS, "baseline": None})[1]
     assert {r[col["speed-up"]] for r in no_baseline} == {MISSING}
 
@@ -133,6 +140,8 @@ def test_markdown_table_has_one_row_per_artifact(rendered):
     for key in (k for k in written if k.startswith("plots/")):
         assert f"]({key})" in md  # linked by relative path
     assert "Test CPU \\<x86>" in md and "torch" in md
+    assert "Measured while other processes competed for the cores: model.int8.xml." in md
+    assert "runtime MB" in md and "a process that imports only the runtime" in md
 
 
 def test_html_is_self_contained_and_parses(rendered):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -51,6 +52,38 @@ def time_calls(fn: Callable[[], Any], warmup: int = 10, runs: int = 100, budget_
     return Latency(samples, batch_size, warmup)
 
 
+# A forward pass holds the input, the runtime's copy of it and activations larger still (a ResNet stem's
+# output alone is 16/in_chans times its input): an input past this share of free memory cannot run.
+INPUT_MEMORY_SHARE = 0.25
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_memory(shape: tuple[int, ...], available: int | None = None) -> int:
+    """Bytes of a float32 batch of `shape`; refuses one too large to run here before anything allocates it."""
+    nbytes = 4 * int(np.prod(shape, dtype=object))  # object dtype: no int64 overflow on absurd shapes
+    available = available_memory() if available is None else available
+    if available is not None and nbytes > INPUT_MEMORY_SHARE * available:
+        raise UserInputError(
+            f"a batch of shape {tuple(shape)} float32 takes {nbytes / 2**30:,.1f} GiB before any activation; "
+            f"the memory available is {available / 2**30:,.1f} GiB (inputs up to {INPUT_MEMORY_SHARE:.0%} of it "
+            f"can run): use a smaller batch size or the model's img_size in model.json")
+    return nbytes
+
+
 def runner_latency(runner, batch_size: int = 1, warmup: int = 10, runs: int = 100,
                    budget_s: float | None = None, seed: int = 0, min_seconds: float = 0.0) -> Latency:
     """Engine-only latency of a Runner on a fixed random batch (input checks excluded, runtime call only)."""
@@ -58,5 +91,6 @@ def runner_latency(runner, batch_size: int = 1, warmup: int = 10, runs: int = 10
     fixed = runner.info.input_shape[0]
     if fixed is not None and fixed != batch_size:
         raise UserInputError(f"{runner.info.path} has a fixed batch of {fixed}; cannot time batch {batch_size}")
-    batch = np.random.default_rng(seed).standard_normal((batch_size, c, h, w)).astype(np.float32)
+    check_batch_memory((batch_size, c, h, w))
+    batch = np.random.default_rng(seed).standard_normal((batch_size, c, h, w), dtype=np.float32)
     return time_calls(lambda: runner.run(batch), warmup, runs, budget_s, batch_size, min_seconds)

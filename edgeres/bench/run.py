@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeres.artifacts import package_versions, write_json
+from edgeres.bench.runtime_memory import measure_runtime_memory
 from edgeres.errors import UserInputError
 
 
@@ -87,13 +88,36 @@ def bench_artifacts(paths: list[str | Path], config: BenchConfig = BenchConfig()
 
 
 def _measure_in_subprocess(path: Path, batch: int, threads: int, config: BenchConfig) -> dict[str, Any]:
+    """Time one setting in a fresh worker, then the runtime's own memory in a second, runtime-only process."""
     job = {"path": str(path), "batch": batch, "threads": threads, "config": dataclasses.asdict(config)}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     res = subprocess.run([sys.executable, "-m", "edgeres.bench.worker", json.dumps(job)], capture_output=True,
                          text=True, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f"measuring {path} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    entry = worker_result(res, f"{path} at batch {batch}, threads {threads}")
+    hint = (entry.get("runner") or {}).get("extra", {}).get("inference_precision_hint")
+    runtime = measure_runtime_memory(path, entry["backend"], entry["input_shape"], threads,
+                                     {"INFERENCE_PRECISION_HINT": hint} if hint else None)
+    entry["memory"] = {**(runtime or {}), **entry["memory"]}
+    return entry
+
+
+def worker_result(res: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
+    """The worker's result; its bad-input error raised again as UserInputError, anything else as RuntimeError."""
+    lines = (res.stdout or "").strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        answer = None
+    if isinstance(answer, dict) and answer.get("error") == "user_input":
+        raise UserInputError(str(answer.get("message") or "bad input (the worker gave no message)"))
+    if isinstance(answer, dict) and answer.get("error") == "crash":
+        raise RuntimeError(f"measuring {what} failed: {answer['type']}: {answer['message']}")
+    if res.returncode != 0 or not isinstance(answer, dict):
+        cause = (f"was killed by signal {-res.returncode} (out of memory?)" if res.returncode < 0
+                 else f"exited with code {res.returncode}")
+        tail = (res.stderr or "").strip().splitlines()[-1:]
+        raise RuntimeError(f"measuring {what} failed: the worker {cause}" + (f"; {tail[0]}" if tail else ""))
+    return answer
 
 
 def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:

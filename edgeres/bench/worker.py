@@ -1,13 +1,23 @@
-"""One measurement in a fresh process, so its peak resident memory is its own: prints one JSON line."""
+"""One measurement in a fresh process, so nothing of another measurement stays in it: prints one JSON line.
+
+The line is the result, or {"error": "user_input", "message": ...} for bad input (the parent raises it
+again as UserInputError: one line, exit 2) or {"error": "crash", ...} for anything else (its traceback
+goes to stderr). The process's peak memory is the harness's (torch, data, timing); the runtime's own
+is measured apart, by edgeres.bench.runtime_memory.
+"""
 from __future__ import annotations
 
 import json
 import resource
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgeres.bench.load import LoadMonitor
+from edgeres.errors import UserInputError
 
 
 def preprocess(image: np.ndarray, meta) -> np.ndarray:
@@ -31,23 +41,25 @@ def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict
     from edgeres.checkpoint import build_model
 
     runner = runtime.load(path, precision=config["precision"], threads=threads)
-    lat = runner_latency(runner, batch, config["warmup"], config["runs"], config["budget_s"],
-                         min_seconds=config["min_seconds"])
-    engine = {**lat.summary(), "samples_ms": lat.samples_ms}
-    end_to_end = None
-    if config["end_to_end"] and batch == 1 and runner.info.input_shape[0] in (None, 1):
-        frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a VGA camera frame
-        e2e = time_calls(lambda: runner(preprocess(frame, runner.meta)), config["warmup"], config["runs"],
-                         config["budget_s"], min_seconds=config["min_seconds"])
-        end_to_end = {**e2e.summary(), "samples_ms": e2e.samples_ms}
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with LoadMonitor(threads) as load:
+        lat = runner_latency(runner, batch, config["warmup"], config["runs"], config["budget_s"],
+                             min_seconds=config["min_seconds"])
+        engine = {**lat.summary(), "samples_ms": lat.samples_ms}
+        end_to_end = None
+        if config["end_to_end"] and batch == 1 and runner.info.input_shape[0] in (None, 1):
+            frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a VGA camera frame
+            e2e = time_calls(lambda: runner(preprocess(frame, runner.meta)), config["warmup"], config["runs"],
+                             config["budget_s"], min_seconds=config["min_seconds"])
+            end_to_end = {**e2e.summary(), "samples_ms": e2e.samples_ms}
+    harness_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = build_model(runner.meta)
     entry = {
         "name": _name(Path(path), batch, threads, config), "path": path, "backend": runner.info.backend,
         "precision": runner.info.precision, "threads": threads, "batch_size": batch,
         "input_shape": [batch, *runner.meta.input_shape], "size_bytes": artifact_size(Path(path)),
         "params": count_params(model), "macs": count_macs(model, runner.meta.input_shape),
-        "peak_rss_mb": round(peak_rss_mb, 1), "latency": {"engine": engine, "end_to_end": end_to_end},
+        "memory": {"harness_peak_mb": round(harness_peak_mb, 1)}, "load": load.result,
+        "latency": {"engine": engine, "end_to_end": end_to_end},
         "runner": runner.info.to_dict(), "metrics": None, "class_names": runner.meta.class_names,
     }
     if config["accuracy"]:
@@ -74,7 +86,18 @@ def _name(path: Path, batch: int, threads: int, config: dict[str, Any]) -> str:
     return name
 
 
+def main(job: dict[str, Any]) -> int:
+    """Measure one job and print its JSON line; the exit code says which kind of line it is."""
+    try:
+        answer, code = measure(job["path"], job["batch"], job["threads"], job["config"]), 0
+    except UserInputError as e:
+        answer, code = {"error": "user_input", "message": str(e)}, 2
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which names the artifact and setting
+        traceback.print_exc()
+        answer, code = {"error": "crash", "type": type(e).__name__, "message": str(e)}, 1
+    sys.stdout.write(json.dumps(answer) + "\n")
+    return code
+
+
 if __name__ == "__main__":
-    job = json.loads(sys.argv[1])
-    result = measure(job["path"], job["batch"], job["threads"], job["config"])
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.exit(main(json.loads(sys.argv[1])))

@@ -25,7 +25,8 @@ class Distiller(nn.Module):
     feature_stages: stage names to match (default: the student's `feature_stages`); each gets a learned
         1x1 conv from the student's width to the teacher's, a parameter of this module.
     input_shape: (C, H, W) used once to measure stage widths; default (student's input channels, 64, 64).
-    The teacher is frozen and kept in eval mode. Call `close()` (or use `with`) to remove the hooks.
+    The teacher is frozen and kept in eval mode, and moves with this module (`.to(device)`). Call
+    `close()` (or use `with`) to remove the hooks.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, temperature: float = 4.0, alpha: float = 0.7,
@@ -54,6 +55,12 @@ class Distiller(nn.Module):
                 raise UserInputError("feature distillation needs feature_stages; the student declares none")
             self._hook_stages()
             self._build_adapters(input_shape or (_in_chans(student), 64, 64))
+
+    def _apply(self, fn, recurse: bool = True):
+        # nn.Module.to/.cuda/.cpu all come here: the teacher, held outside this module's tree (see
+        # __init__), must run on the student's device. The student is the trainer's to move.
+        self.teacher._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     @property
     def teacher(self) -> nn.Module:

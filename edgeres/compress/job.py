@@ -17,7 +17,8 @@ from edgeres.compress.prune import PruneConfig, prune
 from edgeres.compress.sparsity import sparsify
 from edgeres.data import DataConfig, load_data
 from edgeres.errors import UserInputError
-from edgeres.train.config import TrainConfig
+from edgeres.train.config import TrainConfig, require_bool, require_int, require_number
+from edgeres.train.device import Execution, check_device, placed, resolve_execution
 from edgeres.train.loop import train, train_epoch
 
 log = logging.getLogger("edgeres")
@@ -36,10 +37,18 @@ class FinetuneConfig:
     feature_weight: float = 0.0
     step_epochs: int = 1            # fine-tuning epochs between iterative pruning steps
     seed: int = 0
+    device: str = "auto"            # auto, cpu, cuda or cuda:N, as for training
+    amp: bool = False               # mixed precision, as for training
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.step_epochs < 0:
-            raise UserInputError(f"epochs and step_epochs must be >= 0, got {self.epochs}, {self.step_epochs}")
+        for name, least in (("epochs", 0), ("step_epochs", 0), ("batch_size", 1), ("seed", 0)):
+            require_int(name, getattr(self, name), least)
+        require_number("lr", self.lr, 0, open_low=True)
+        require_number("temperature", self.temperature, 0, open_low=True)
+        require_number("alpha", self.alpha, 0, 1)  # 1: hard labels only, no distillation
+        require_number("feature_weight", self.feature_weight, 0)
+        check_device(self.device)
+        require_bool("amp", self.amp)
 
 
 def _figures(model: nn.Module, meta, bytes_: int | None, metrics: dict | None) -> dict[str, Any]:
@@ -55,15 +64,19 @@ def _test_metrics(ckpt: Path, bundle) -> dict:
     return evaluate_runner(runtime.load(ckpt, backend="torch"), bundle, splits=("test",))[0]
 
 
-def _step_finetuner(bundle, ft: FinetuneConfig, criterion):
+def _step_finetuner(bundle, ft: FinetuneConfig, criterion, execution: Execution):
     def finetune(model: nn.Module, step: int) -> None:
         if ft.step_epochs == 0:
             return
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
-        loader = torch.utils.data.DataLoader(bundle.dataset("train"), ft.batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(ft.seed + step))
-        for _ in range(ft.step_epochs):
-            train_epoch(model, loader, opt, criterion or (lambda lg, t, x: nn.functional.cross_entropy(lg, t)))
+        with placed(execution, model, criterion):  # pruning's next step works on the CPU again
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
+            loader = torch.utils.data.DataLoader(bundle.dataset("train"), ft.batch_size, shuffle=True,
+                                                 generator=torch.Generator().manual_seed(ft.seed + step),
+                                                 pin_memory=execution.pin_memory)
+            scaler = execution.grad_scaler()
+            for _ in range(ft.step_epochs):
+                train_epoch(model, loader, opt, criterion or (lambda lg, t, x: nn.functional.cross_entropy(lg, t)),
+                            execution=execution, scaler=scaler)
         log.info("pruning step %d: fine-tuned %d epoch(s)", step, ft.step_epochs)
     return finetune
 
@@ -71,6 +84,7 @@ def _step_finetuner(bundle, ft: FinetuneConfig, criterion):
 def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneConfig | None,
                         finetune: FinetuneConfig = FinetuneConfig(), sparsity: float | None = None) -> dict[str, Any]:
     """Prune `ckpt` structurally (or sparsify it), fine-tune (distilled if a teacher is given), save to `out`."""
+    execution = resolve_execution(finetune.device, finetune.amp)  # refuse a missing GPU before pruning, not after
     source = checkpoint_dir(ckpt)
     out = Path(out)
     if (out / WEIGHTS_FILE).exists():
@@ -90,14 +104,14 @@ def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneCo
     else:
         calib = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in bundle.batches("train", 32, limit=256)]
         pr = prune(model, meta.input_shape, prune_config, calib=calib,
-                   finetune=_step_finetuner(bundle, finetune, distiller))
+                   finetune=_step_finetuner(bundle, finetune, distiller, execution))
         report = {"kind": "structured", **pr.to_dict(), "config": dataclasses.asdict(prune_config)}
     meta.parent_sha256 = checkpoint_sha256(source)
     meta.compression = {"source": str(source), "prune": report, "before": before,
                         "finetune": dataclasses.asdict(finetune)}
     cfg = TrainConfig(model=meta.arch, data=bundle.config, out=str(out), epochs=max(finetune.epochs, 1),
                       lr=finetune.lr, batch_size=finetune.batch_size, model_kwargs=meta.arch_kwargs,
-                      seed=finetune.seed)
+                      seed=finetune.seed, device=finetune.device, amp=finetune.amp)
     if finetune.epochs > 0:
         train(cfg, model=model, criterion=distiller, meta=meta, bundle=bundle)
     else:

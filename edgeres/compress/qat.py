@@ -27,6 +27,8 @@ from edgeres.checkpoint import ModelMeta, checkpoint_dir, checkpoint_sha256, loa
 from edgeres.errors import UserInputError
 from edgeres.evaluate.classify import check_compatible
 from edgeres.models.base import evaluating
+from edgeres.train.device import Execution, check_device, placed, resolve_execution
+from edgeres.train.loop import train_epoch
 
 log = logging.getLogger("edgeres")
 
@@ -43,6 +45,9 @@ class QATConfig:
     batch_size: int = 64
     calib_size: int = 300   # un-augmented training-split images for NNCF's initial ranges
     seed: int = 0
+    # Where fine-tuning runs (auto, cpu, cuda, cuda:N). Always fp32, no --amp: bf16 keeps 8 bits of
+    # mantissa, about as coarse as the int8 grid the fake quantizers simulate, so it would blur what QAT learns.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name, least in (("epochs", 1), ("batch_size", 1), ("calib_size", 1), ("seed", 0)):
@@ -51,6 +56,7 @@ class QATConfig:
                 raise UserInputError(f"{name} must be an integer >= {least}, got {value!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
             raise UserInputError(f"lr must be a positive finite number, got {self.lr!r}")
+        check_device(self.device)
 
 
 def recommend_qat(ptq_drop_points: float, budget_points: float) -> bool:
@@ -70,6 +76,7 @@ def quantization_aware_training(ckpt: str | Path, out_dir: str | Path, config: Q
     bundle: the checkpoint's data, when the caller has it open already (default: from model.json).
     progress: called as progress(n_images, loss=...) during fine-tuning.
     """
+    execution = resolve_execution(config.device, amp=False)  # a missing GPU is refused before any work
     if importlib.util.find_spec("torchao") is None:  # checked before training, not after it
         raise UserInputError("QAT's QDQ ONNX export needs torchao (nncf.strip imports it): pip install torchao")
     # NNCF compiles a C++ extension on first use (about two minutes on two cores) under a 60 s default
@@ -92,7 +99,7 @@ def quantization_aware_training(ckpt: str | Path, out_dir: str | Path, config: Q
         folded = fold_batchnorm(model)
         qmodel = _fake_quantize(model, calib)
     with _timed(seconds, "fine_tune"):
-        history = _fine_tune(qmodel, bundle, config, progress)
+        history = _fine_tune(qmodel, bundle, config, execution, progress)
     qmeta = _export_meta(meta, config, folded, samples)
     check = np.concatenate([x for x, _ in bundle.batches("val", 128)])
     with _timed(seconds, "export"):
@@ -103,7 +110,7 @@ def quantization_aware_training(ckpt: str | Path, out_dir: str | Path, config: Q
     record = {
         "source": str(source), "source_sha256": sha, "config": dataclasses.asdict(config),
         "calibration": {"split": "train", "augmented": False, "samples": samples},
-        "epochs": config.epochs, "history": history, "batchnorm_folded": folded,
+        "epochs": config.epochs, "history": history, "execution": execution.to_dict(), "batchnorm_folded": folded,
         "test_samples": int(len(bundle.labels("test"))), "accuracy": accuracy,
         # Points lost against fp32 (negative: the INT8 model scored higher).
         "drop_points": {k: round((accuracy["fp32"] - v) * 100, 3) for k, v in accuracy.items() if k != "fp32"},
@@ -203,24 +210,25 @@ def _fake_quantize(model: nn.Module, calib: list[np.ndarray]) -> nn.Module:
                          advanced_parameters=nncf.AdvancedQuantizationParameters(batchwise_statistics=True))
 
 
-def _fine_tune(qmodel: nn.Module, bundle: Any, config: QATConfig,
+def _fine_tune(qmodel: nn.Module, bundle: Any, config: QATConfig, execution: Execution,
                progress: Callable[..., None] | None) -> list[dict[str, Any]]:
-    """`config.epochs` of cross-entropy on the augmented training split; the draws depend on seed and epoch."""
-    from edgeres.train.loop import train_epoch
-
+    """`config.epochs` of cross-entropy on the augmented training split, on `execution`'s device (back on the
+    CPU after, for export); the draws depend on seed and epoch."""
     torch.manual_seed(config.seed)
-    optimizer = torch.optim.Adam([p for p in qmodel.parameters() if p.requires_grad], lr=config.lr)
     history = []
-    for epoch in range(config.epochs):
-        torch.manual_seed(config.seed * 10_007 + epoch)
-        loader = torch.utils.data.DataLoader(bundle.dataset("train"), config.batch_size, shuffle=True,
-                                             generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch))
-        start = time.perf_counter()
-        loss, acc, seen = train_epoch(qmodel, loader, optimizer, lambda logits, y, x: F.cross_entropy(logits, y),
-                                      progress)
-        history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc, "samples": seen,
-                        "seconds": round(time.perf_counter() - start, 2)})
-        log.info("QAT epoch %d/%d  loss %.4f  acc %.4f", epoch + 1, config.epochs, loss, acc)
+    with placed(execution, qmodel):
+        optimizer = torch.optim.Adam([p for p in qmodel.parameters() if p.requires_grad], lr=config.lr)
+        for epoch in range(config.epochs):
+            torch.manual_seed(config.seed * 10_007 + epoch)
+            loader = torch.utils.data.DataLoader(bundle.dataset("train"), config.batch_size, shuffle=True,
+                                                 generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch),
+                                                 pin_memory=execution.pin_memory)
+            start = time.perf_counter()
+            loss, acc, seen = train_epoch(qmodel, loader, optimizer, lambda logits, y, x: F.cross_entropy(logits, y),
+                                          progress, execution)
+            history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc, "samples": seen,
+                            "seconds": round(time.perf_counter() - start, 2)})
+            log.info("QAT epoch %d/%d  loss %.4f  acc %.4f", epoch + 1, config.epochs, loss, acc)
     qmodel.eval()
     return history
 

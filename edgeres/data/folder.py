@@ -1,6 +1,7 @@
 """User image folders in ImageFolder layout: ROOT/<class>/* or ROOT/{train,val,test}/<class>/*."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms.v2 import functional as TF
 
 from edgeres.data.split import SPLITS, carve
@@ -16,6 +17,8 @@ from edgeres.errors import UserInputError
 
 if TYPE_CHECKING:
     from edgeres.data import DataConfig
+
+log = logging.getLogger("edgeres")
 
 CACHE_BYTES = 512 * 2**20  # decoded images are kept when the whole split set fits in this
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -32,8 +35,67 @@ def _is_image(path: str) -> bool:
     return has_file_allowed_extension(path, IMG_EXTENSIONS) and not os.path.basename(path).startswith(".")
 
 
-def _scan(directory: Path, class_names: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names and (file, class index) pairs under `directory`, one subfolder per class."""
+def _identity(path: str) -> tuple[int, int] | None:
+    """What a path resolves to (device, inode), following symlinks; None for a dangling link."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_once(top: Path) -> list[tuple[str, list[str]]]:
+    """(folder, sorted file names) under `top`, following symlinks but entering each real folder once.
+
+    A symlink back to an ancestor (a loop) or a second link to a folder already scanned is reported and
+    skipped: following it would list the same images again, without end for a loop.
+    """
+    visited: dict[tuple[int, int], str] = {}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        key = _identity(dirpath)
+        if key in visited:
+            log.warning("%s leads back to %s, which is already scanned (a symlink loop or a second link to one "
+                        "folder); its images are counted once", dirpath, visited[key])
+            dirnames[:] = []
+            continue
+        if key is not None:
+            visited[key] = dirpath
+        dirnames.sort()
+        found.append((dirpath, sorted(filenames)))
+    return sorted(found)
+
+
+def _class_samples(directory: Path, names: list[str], seen: dict[tuple[int, int], str]) -> list[tuple[str, int]]:
+    """(file, class index) pairs; a file reached twice in one class counts once, in two places is refused."""
+    samples = []
+    for index, name in enumerate(names):
+        place = str(directory / name)
+        for dirpath, filenames in _walk_once(directory / name):
+            for fname in filenames:
+                path = os.path.join(dirpath, fname)
+                if not _is_image(path):
+                    continue
+                key = _identity(path)
+                if key is not None and key in seen:
+                    if seen[key] != place:
+                        raise UserInputError(
+                            f"{path} is the same file as one in {seen[key]} (a symlink or hard link): one image "
+                            f"in two classes or splits ({seen[key]} and {place}) would leak test images into "
+                            "training or teach two labels; keep each image in one place")
+                    continue
+                if key is not None:
+                    seen[key] = place
+                samples.append((path, index))
+    return samples
+
+
+def _scan(directory: Path, class_names: list[str] | None = None,
+          seen: dict[tuple[int, int], str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names and (file, class index) pairs under `directory`, one subfolder per class.
+
+    `seen` carries the files found so far across calls, so one file in two splits is refused.
+    """
     found = _class_dirs(directory)
     if not found:
         loose = sum(1 for p in directory.iterdir() if _is_image(str(p)))
@@ -49,8 +111,7 @@ def _scan(directory: Path, class_names: list[str] | None = None) -> tuple[list[s
     if extra:
         raise UserInputError(f"{directory} has class folder(s) {extra} that train/ lacks; every split needs "
                              f"the same classes as train/: {names}")
-    samples = make_dataset(str(directory), {n: i for i, n in enumerate(names)}, is_valid_file=_is_image,
-                           allow_empty=True)
+    samples = _class_samples(directory, names, {} if seen is None else seen)
     counts = np.bincount([c for _, c in samples], minlength=len(names))
     empty = [n for n, k in zip(names, counts) if k == 0]
     if empty:
@@ -119,10 +180,11 @@ class FolderSource:
         if config.split is not None and split_dirs == list(SPLITS):
             raise UserInputError(f"{root} already has train/, val/ and test/ folders, so a split cannot be "
                                  f"applied (got split={config.split}); drop --split to use the folders as given")
-        self.class_names, train = _scan(root / "train")
+        seen: dict[tuple[int, int], str] = {}
+        self.class_names, train = _scan(root / "train", seen=seen)
         parts = {"train": train}
         for s in split_dirs[1:]:
-            parts[s] = _scan(root / s, self.class_names)[1]
+            parts[s] = _scan(root / s, self.class_names, seen)[1]
         samples, owner = [], []
         for s in split_dirs:
             samples += parts[s]

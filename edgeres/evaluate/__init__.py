@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from edgeres.checkpoint import is_checkpoint
+from edgeres.meta import checkpoint_dir, is_checkpoint
 from edgeres.data import DataConfig, load_data
 from edgeres.errors import UserInputError
 from edgeres.evaluate.classify import Predictions, evaluate_runner, predict, write_metrics
@@ -14,6 +14,9 @@ from edgeres.evaluate.metrics import classification_metrics
 
 def data_config_for(meta, data: str | None = None) -> DataConfig:
     """The data an artifact was trained on (from its metadata), or `data` at the artifact's input size."""
+    if data is not None and not data.strip():
+        raise UserInputError("data (--data) is empty; give a built-in data set name or an image folder, or leave "
+                             "it out to use the data the model was trained on")
     if meta.data:
         cfg = DataConfig.from_dict(meta.data)
         return dataclasses.replace(cfg, source=data) if data else cfg
@@ -25,7 +28,7 @@ def data_config_for(meta, data: str | None = None) -> DataConfig:
 def default_eval_dir(path: str | Path) -> Path:
     """Checkpoints keep their metrics inside; an exported file gets `<name>.eval/` beside it."""
     p = Path(path)
-    return p if is_checkpoint(p) and p.is_dir() else p.parent / f"{p.name}.eval"
+    return checkpoint_dir(p) if is_checkpoint(p) else p.parent / f"{p.name}.eval"
 
 
 def evaluate_artifact(path: str | Path, data: str | None = None, out: str | Path | None = None,

@@ -1,18 +1,86 @@
-"""`edgeres check`: evaluate a baseline and a candidate on the same test images and run the gate."""
+"""`edgeres check`: evaluate a baseline and a candidate on the same test images and run the gate.
+
+The gate only means something when the candidate was made from the baseline (exported, pruned, quantized
+from it): lineage is read from the sha256 records every edgeres artifact carries, and an unrelated pair is
+refused unless the caller says it is intended.
+"""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
+from typing import Any
 
+from edgeres.artifacts import EXPORT_RECORD, read_json
+from edgeres.checkpoint import checkpoint_sha256, is_checkpoint, load_meta
 from edgeres.data import load_data
 from edgeres.errors import UserInputError
 from edgeres.evaluate import data_config_for
 from edgeres.evaluate.classify import check_compatible, predict
 from edgeres.evaluate.gate import GateConfig, GateResult, check
 
+log = logging.getLogger("edgeres")
+
+
+def _recorded(path: Path, runner: Any) -> tuple[str | None, str | None]:
+    """(the weights sha256 the artifact holds, its parent checkpoint's sha256), as far as they are recorded.
+
+    A checkpoint is identified by its weights file; an export by the checkpoint it was exported from.
+    """
+    if is_checkpoint(path):
+        return checkpoint_sha256(path), runner.meta.parent_sha256
+    return runner.info.extra.get("export_source_sha256"), runner.meta.parent_sha256
+
+
+def _nearby_checkpoints(paths: tuple[Path, ...]) -> dict[str, str | None]:
+    """{weights sha256: parent sha256} of checkpoints beside or above `paths`, to follow lineage through."""
+    folders: set[Path] = set()
+    for p in paths:
+        p = p.resolve()
+        record = p.parent / EXPORT_RECORD
+        doc = read_json(record) if p.is_file() and record.is_file() else None
+        source = doc.get("source") if isinstance(doc, dict) else None
+        if isinstance(source, str):
+            folders.add(Path(source).resolve())
+        here = p if p.is_dir() else p.parent
+        for up in (here, *list(here.parents)[:2]):
+            folders.add(up)
+            with contextlib.suppress(OSError):  # an unreadable folder holds nothing we can use
+                folders.update(c for c in up.iterdir() if c.is_dir())
+    found = {}
+    for folder in sorted(folders):
+        if is_checkpoint(folder) and folder.is_dir():
+            try:
+                found[checkpoint_sha256(folder)] = load_meta(folder).parent_sha256
+            except UserInputError:
+                continue  # a broken checkpoint nearby cannot vouch for anything
+    return found
+
+
+def unrelated_reason(baseline: str | Path, candidate: str | Path, base: Any, cand: Any) -> str | None:
+    """Why `candidate` cannot be shown to descend from `baseline`, or None when it does."""
+    identity = {_recorded(Path(baseline), base)[0]} - {None}
+    ancestry = set(_recorded(Path(candidate), cand)) - {None}
+    parents = {} if identity & ancestry else _nearby_checkpoints((Path(candidate), Path(baseline)))
+    frontier = set(ancestry)
+    while frontier:  # follow parent_sha256 through the checkpoints found nearby
+        frontier = {parents[s] for s in frontier if parents.get(s)} - ancestry
+        ancestry |= frontier
+    if identity and identity & ancestry:
+        return None
+    what = f"weights sha256 {next(iter(identity))[:12]}" if identity else "no recorded weights sha256"
+    return (f"{candidate} does not descend from {baseline}: the baseline has {what}, which is not among the "
+            f"candidate's own or recorded source checkpoints ({', '.join(sorted(s[:12] for s in ancestry)) or 'none'})"
+            "; a gate between unrelated models measures nothing")
+
 
 def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateConfig, data: str | None = None,
-                    threads: int | None = None) -> GateResult:
-    """Gate `candidate` against `baseline`: paired predictions on the baseline's test split."""
+                    threads: int | None = None, allow_unrelated: bool = False) -> GateResult:
+    """Gate `candidate` against `baseline`: paired predictions on the baseline's test split.
+
+    allow_unrelated: gate a candidate that does not descend from the baseline, with a warning, instead of
+    refusing it.
+    """
     from edgeres import runtime
     from edgeres.bench.latency import runner_latency
     from edgeres.bench.run import artifact_size
@@ -27,9 +95,16 @@ def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateCon
     if cand.meta.input_shape != base.meta.input_shape:
         raise UserInputError(f"input shapes differ: baseline {base.meta.input_shape}, candidate "
                              f"{cand.meta.input_shape}; the gate compares models on the same images")
+    unrelated = unrelated_reason(baseline, candidate, base, cand)
+    if unrelated and not allow_unrelated:
+        raise UserInputError(f"{unrelated}. Pass --allow-unrelated (allow_unrelated=True) to gate them anyway")
     latency = None
     if config.max_latency_ms is not None:
         latency = runner_latency(cand, 1, warmup=10, runs=100, budget_s=10).summary()["p50_ms"]
     size = artifact_size(Path(candidate)) / 1e6 if config.max_size_mb is not None else None
-    return check(predict(base, bundle), predict(cand, bundle), bundle.class_names, config,
-                 candidate_latency_ms=latency, candidate_size_mb=size)
+    result = check(predict(base, bundle), predict(cand, bundle), bundle.class_names, config,
+                   candidate_latency_ms=latency, candidate_size_mb=size)
+    if unrelated:
+        log.warning("%s (allowed by --allow-unrelated)", unrelated)
+        result.warnings.append(f"{unrelated} (allowed by --allow-unrelated)")
+    return result

@@ -31,6 +31,7 @@ def predict(runner, bundle, split: str = "test", batch_size: int = 64, progress=
     labels, probs = [], []
     for x, y in bundle.batches(split, fixed or batch_size):
         out = run_any_batch(runner, x)
+        check_finite(out, runner.info.path)
         probs.append(softmax(np.asarray(out, dtype=np.float64)))
         labels.append(y)
         if progress is not None:
@@ -38,6 +39,14 @@ def predict(runner, bundle, split: str = "test", batch_size: int = 64, progress=
     if not labels:
         raise UserInputError(f"the {split} split is empty; nothing to evaluate")
     return Predictions(np.concatenate(labels), np.concatenate(probs))
+
+
+def check_finite(outputs: np.ndarray, path: str) -> None:
+    """Refuse NaN or infinite outputs: no metric means anything for them, and argmax would call them class 0."""
+    bad = ~np.isfinite(outputs)
+    if bad.any():
+        raise UserInputError(f"{path}: the model produces NaN or infinite outputs ({int(bad.sum())} of {bad.size} "
+                             "values); its weights are probably broken (a diverged training run or a damaged file)")
 
 
 def check_compatible(meta, bundle) -> None:
@@ -67,6 +76,8 @@ def write_metrics(metrics: dict[str, Any], runner_info: dict[str, Any], out_dir:
     from edgeres.report.plots import plot_confusion
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out} is a file; metrics.json and the confusion plots go into a folder")
     out.mkdir(parents=True, exist_ok=True)
     for split, m in metrics.items():
         plot_confusion(m["confusion"], class_names, out / f"confusion_{split}.png", title=f"Confusion ({split})")

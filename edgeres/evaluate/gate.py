@@ -191,7 +191,13 @@ def write_junit(result: GateResult, path: str | Path) -> Path:
         ET.SubElement(suite, "system-out").text = "\n".join(result.warnings)
     ET.indent(suite)
     text = '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
-    return write_text(path, text)
+    if Path(path).is_dir():
+        raise UserInputError(f"the JUnit report path {path} is a folder; give a file name, e.g. "
+                             f"{Path(path) / 'junit.xml'}")
+    try:
+        return write_text(path, text)
+    except OSError as e:
+        raise UserInputError(f"cannot write the JUnit report {path}: {e.strerror}") from None
 
 
 def _paired_correctness(baseline: Predictions, candidate: Predictions,

@@ -1,9 +1,18 @@
-"""Export a checkpoint to edge formats; every file is validated against the PyTorch model before it is kept."""
+"""Export a checkpoint to edge formats; every file is validated against the PyTorch model before it is kept.
+
+Publishing is all-or-nothing: the whole set (files, failed/ and export.json) is built in a staging folder
+beside `out`, then swapped in by renames, so a reader never sees the new model's .xml beside the old one's
+.bin, or files under an export.json that describes others. export.json records every file's sha256, and
+the runners refuse a file that no longer matches.
+"""
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import logging
+import os
+import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgeres.artifacts import package_versions, sha256_file, write_json
+from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_versions, remove_leftovers,
+                               sha256_file, write_json)
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 
@@ -19,7 +29,10 @@ log = logging.getLogger("edgeres")
 
 FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-EXPORT_FILE = "export.json"
+EXPORT_FILE = EXPORT_RECORD
+# Names an export writes into `out`: an older entry by one of these names is replaced by the new set.
+# Anything else found in `out` is the user's and is carried into the new set untouched.
+_OURS = re.compile(r"(model\.(fp32|fp16|int8)\.(onnx|xml|bin)|tensorrt-(fp32|fp16|int8)|failed|export\.json|\.staging)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +58,12 @@ class ExportConfig:
             raise UserInputError("calib_size and validate_size must be positive")
         if self.max_drop is not None and not 0 <= self.max_drop < 100:
             raise UserInputError(f"max_drop is in accuracy points (0-100), got {self.max_drop}")
+        # torch exports opsets 9 to 23 for these models; INT8 QDQ with per-channel scales needs 13 or later.
+        qdq = "int8" in self.precisions and {"onnx", "tensorrt"} & set(self.formats)
+        lowest, highest = (13 if qdq else 9), 23
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not lowest <= self.opset <= highest:
+            raise UserInputError(f"opset must be an integer from {lowest} to {highest}"
+                                 f"{' for int8 ONNX' if qdq else ''}, got {self.opset!r}")
 
 
 @dataclasses.dataclass
@@ -54,7 +73,8 @@ class _Context:
     source: Path
     source_sha256: str
     out: Path
-    staging: Path
+    staging: Path  # intermediates, validated files before they join the set
+    new_set: Path  # what replaces `out` when every export is done
     calib: list[np.ndarray]
     val_batch: np.ndarray
     val_pairs: list[tuple[np.ndarray, np.ndarray]]
@@ -77,12 +97,70 @@ def _prepare(ckpt: str | Path, out: Path, config: ExportConfig) -> _Context:
     val_batch = next(bundle.batches("val", config.validate_size))[0]
     with torch.inference_mode():
         reference = model(torch.from_numpy(val_batch)).numpy()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return _Context(model, meta, source, checkpoint_sha256(source), out, staging, calib, val_batch, val_pairs,
-                    reference, config)
+    root = _staging_root(out)
+    (root / "work").mkdir(parents=True)
+    (root / "set").mkdir()
+    return _Context(model, meta, source, checkpoint_sha256(source), out, root / "work", root / "set", calib,
+                    val_batch, val_pairs, reference, config)
+
+
+def _check_out(out: Path, source: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; expected a folder for the exported files")
+    if source.resolve().is_relative_to(out.resolve()):
+        raise UserInputError(f"--out {out} holds the checkpoint {source}; export into a folder of its own "
+                             "(the default is CHECKPOINT/exports)")
+
+
+def _prefix(out: Path, kind: str) -> str:
+    return f".{out.name}.{kind}."
+
+
+def _staging_root(out: Path) -> Path:
+    """A fresh staging folder beside `out` (same file system, so publishing is a rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent / f"{_prefix(out, 'staging')}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _recover(out: Path) -> None:
+    """Undo what a killed export left: put back a set moved aside but never replaced, drop staging folders."""
+    moved = sorted(p for p in out.parent.glob(_prefix(out, "old") + "*")
+                   if leftover_of_dead_writer(p, _prefix(out, "old")))
+    if moved and not out.exists():
+        moved[-1].rename(out)
+        log.warning("restored %s from %s, left by an interrupted export", out, moved[-1])
+    for kind in ("old", "staging"):
+        for p in remove_leftovers(out.parent, _prefix(out, kind)):
+            log.info("removed %s, left by an interrupted export", p)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)  # a second name for the same bytes: nothing to lose if killed
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _carry_over(out: Path, new_set: Path) -> None:
+    """Give the new set every entry of `out` that is not an export's own (the user's notes, eval folders)."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if _OURS.fullmatch(p.name) or (new_set / p.name).exists():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.copytree(p, new_set / p.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(p), str(new_set / p.name))
+
+
+def _swap_in(new_set: Path, out: Path) -> None:
+    """Replace `out` by `new_set`. A kill between the renames leaves the old set aside, restored next run."""
+    old = out.parent / f"{_prefix(out, 'old')}{os.getpid()}-{secrets.token_hex(4)}"
+    if out.exists():
+        out.rename(old)
+    new_set.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict[str, Any]:
@@ -99,15 +177,16 @@ def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict
             "failures": judge(stats, tolerance), "inputs": "validation split"}
 
 
-def _publish(ctx: _Context, staged: list[Path]) -> list[Path]:
-    final = []
+def _add_to_set(staged: list[Path], new_set: Path, folder: str = ".") -> dict[str, str]:
+    """Move staged files into `folder` of the new set; returns {path in the set: sha256} of every file."""
+    (new_set / folder).mkdir(parents=True, exist_ok=True)
+    hashes = {}
     for p in staged:
-        dest = ctx.out / p.name
-        if dest.is_dir():
-            shutil.rmtree(dest)
+        dest = new_set / folder / p.name
         p.replace(dest)
-        final.append(dest)
-    return final
+        files = sorted(f for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else [dest]
+        hashes.update({f.relative_to(new_set).as_posix(): sha256_file(f) for f in files})
+    return hashes
 
 
 def _float_onnx(ctx: _Context, dynamic_batch: bool) -> Path:
@@ -175,6 +254,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Export `ckpt` to every (format, precision) in `config` under `out`; write and return export.json."""
     out = Path(out)
+    _check_out(out, checkpoint_dir(ckpt))
+    _recover(out)
     ctx = _prepare(ckpt, out, config)
     entries, failed = [], []
     try:
@@ -187,19 +268,28 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
                     progress(f"{fmt} {precision}")
                 entry = _export_one(ctx, fmt, precision)
                 (failed if entry["status"] == "failed" else entries).append(entry)
+        document = _document(ctx, entries, failed)
+        write_json(ctx.new_set / EXPORT_FILE, document)
+        _carry_over(out, ctx.new_set)
+        _swap_in(ctx.new_set, out)
     finally:
-        shutil.rmtree(ctx.staging, ignore_errors=True)
-    document = {
+        shutil.rmtree(ctx.staging.parent, ignore_errors=True)
+    return document
+
+
+def _document(ctx: _Context, entries: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Any]:
+    config = ctx.config
+    return {
         "source": str(ctx.source), "source_sha256": ctx.source_sha256, "arch": ctx.meta.arch,
         "input_shape": list(ctx.meta.input_shape), "class_names": ctx.meta.class_names,
         "calibration": {"data": (config.calib_data or (ctx.meta.data or {}).get("source")), "split": "train",
                         "samples": int(sum(len(b) for b in ctx.calib))},
         "validation": {"split": "val", "samples": int(len(ctx.val_batch))},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": package_versions(), "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}, "artifacts": entries, "failed": failed,
+        "versions": package_versions(),
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
+        "artifacts": entries, "failed": failed,
     }
-    write_json(out / EXPORT_FILE, document)
-    return document
 
 
 def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
@@ -218,25 +308,16 @@ def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
     else:
         entry["validation"] = _validate(ctx, main, precision, backend)
     if fmt != "tensorrt" and entry["validation"]["failures"]:
-        failed_dir = ctx.out / "failed"
-        failed_dir.mkdir(exist_ok=True)
-        for p in staged:
-            (ctx.out / p.name).unlink(missing_ok=True)  # an older file of that name would look current
-            p.replace(failed_dir / p.name)
-        entry.update(status="failed", file=str(failed_dir / main.name))
+        # Kept for inspection in failed/, never under the name a working export would have.
+        hashes = _add_to_set(staged, ctx.new_set, "failed")
+        entry.update(status="failed", file=str(ctx.out / "failed" / main.name), files=hashes)
         log.error("%s %s failed validation: %s", fmt, precision, "; ".join(entry["validation"]["failures"]))
         return entry
-    final = _publish(ctx, staged)
-    entry.update(status="ok", file=str(final[0]), bytes=_size(final), sha256=sha256_file(final[0])
-                 if final[0].is_file() else None)
+    hashes = _add_to_set(staged, ctx.new_set)
+    sizes = sum((ctx.new_set / name).stat().st_size for name in hashes)
+    entry.update(status="ok", file=str(ctx.out / main.name), bytes=sizes, sha256=hashes.get(main.name),
+                 files=hashes)
     return entry
-
-
-def _size(paths: list[Path]) -> int:
-    total = 0
-    for p in paths:
-        total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-    return total
 
 
 __all__ = ["EXPORT_FILE", "ExportConfig", "FORMATS", "PRECISIONS", "export_checkpoint"]

@@ -27,11 +27,19 @@ TOLERANCES = {
 
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    """Max abs diff, mean cosine similarity per sample, and top-1 agreement of two logit arrays."""
+    """Max abs diff, mean cosine similarity per sample, top-1 agreement and NaN/inf counts of two logit arrays.
+
+    Statistics over NaN or infinite values are not numbers: they are None, and judge() fails the pair.
+    """
     ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     cand = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
     if ref.shape != cand.shape:
         raise ValueError(f"output shapes differ: reference {ref.shape}, candidate {cand.shape}")
+    nonfinite = {"nonfinite_reference": int((~np.isfinite(ref)).sum()),
+                 "nonfinite_candidate": int((~np.isfinite(cand)).sum())}
+    if any(nonfinite.values()):
+        return {"samples": int(len(ref)), **nonfinite, "max_abs_diff": None, "reference_max_abs": None,
+                "mean_abs_diff": None, "cosine_min": None, "cosine_mean": None, "top1_agreement": None}
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
     cosine = np.where(norms > 0, (ref * cand).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
     return {
@@ -42,11 +50,17 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> dict[str, A
         "cosine_min": float(cosine.min()),
         "cosine_mean": float(cosine.mean()),
         "top1_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()),
+        **nonfinite,
     }
 
 
 def judge(stats: dict[str, Any], tolerance: Tolerance) -> list[str]:
     """Reasons the comparison fails `tolerance`; an empty list means it passes."""
+    # Agreement on NaN is no agreement: an all-NaN model must not export as "ok".
+    sides = (("reference (PyTorch)", "nonfinite_reference"), ("exported", "nonfinite_candidate"))
+    nonfinite = [f"{who} outputs hold {stats[key]} NaN/inf values" for who, key in sides if stats.get(key)]
+    if nonfinite:
+        return nonfinite
     reasons = []
     if tolerance.max_abs_diff is not None:
         limit = tolerance.max_abs_diff + tolerance.rel_diff * stats.get("reference_max_abs", 0.0)

@@ -9,12 +9,22 @@ from torch import nn
 from edgeres.errors import UserInputError
 
 
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """`value` rounded to the nearest multiple of `divisor`, and at least `divisor`."""
+    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+
+
 class SqueezeExcite(nn.Module):
     """Squeeze-and-Excitation (Hu et al.): channel gates from pooled features through a bottleneck."""
 
-    def __init__(self, channels: int, reduction: int = 16, min_channels: int = 1):
+    def __init__(self, channels: int, reduction: int = 16, divisor: int = 8):
         super().__init__()
-        hidden = max(channels // reduction, min_channels)
+        if not reduction > 0 or not (isinstance(divisor, int) and divisor >= 1):
+            raise UserInputError(f"SqueezeExcite needs reduction > 0 and an integer divisor >= 1, "
+                                 f"got reduction={reduction!r}, divisor={divisor!r}")
+        # timm rounds the bottleneck to a multiple of 8 (64 channels -> 8, not 4); the same rounding
+        # gives timm's tensor shapes, so its seresnet weights load.
+        hidden = make_divisible(channels / reduction, divisor)
         # 1x1 convs with bias and these names match timm's SEModule, so timm weights load as they are.
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=True)
         self.act = nn.ReLU(inplace=True)

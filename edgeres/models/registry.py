@@ -58,6 +58,8 @@ _R18, _R34, _R50 = (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 6, 3)
 _TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8)
 _SE = dict(attn_layer="se")
 _SIMAM = dict(attn_layer="simam", attn_site="conv")
+# Unrounded SE widths (2, 4, 8, 16) keep a real bottleneck in the 8-channel tiny stages.
+_TINY_SE = {"reduction": 4, "divisor": 1}
 
 _RESNETS = {
     "resnet18": dict(block="basic", layers=_R18),
@@ -79,8 +81,8 @@ register_model("asff_resnet50", ASFFResNet, block="bottleneck", layers=_R50)
 # Tiny variants, one per family, so tests sweep the whole zoo in seconds.
 register_model("test_resnet", ResNet, block="basic", **_TINY)
 register_model("test_resnet_bottleneck", ResNet, block="bottleneck", **_TINY)
-register_model("test_se_resnet", ResNet, block="basic", **_TINY, attn_layer="se", attn_kwargs={"reduction": 4})
+register_model("test_se_resnet", ResNet, block="basic", **_TINY, attn_layer="se", attn_kwargs=_TINY_SE)
 register_model("test_simam_resnet", ResNet, block="basic", **_TINY, **_SIMAM)
 register_model("test_resnet_v2", ResNetV2, **_TINY)
-register_model("test_se_resnet_v2", ResNetV2, **_TINY, attn_layer="se", attn_kwargs={"reduction": 4})
+register_model("test_se_resnet_v2", ResNetV2, **_TINY, attn_layer="se", attn_kwargs=_TINY_SE)
 register_model("test_asff_resnet", ASFFResNet, block="bottleneck", **_TINY, fuse_channels=32, fuse_compress=4)

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeres.checkpoint import read_safetensors
 from edgeres.errors import UserInputError
+from edgeres.meta import WEIGHTS_FILE, is_checkpoint
 
 log = logging.getLogger("edgeres")
 
@@ -36,17 +38,13 @@ class LoadReport:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a checkpoint directory, .safetensors, or a torch file (weights_only, no code runs)."""
-    from edgeres.checkpoint import WEIGHTS_FILE, is_checkpoint
-
     p = Path(path)
     if not p.exists():
         raise UserInputError(f"weights file {path} does not exist")
     if is_checkpoint(p):
         p = (p if p.is_dir() else p.parent) / WEIGHTS_FILE
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(p))
+        return read_safetensors(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for foreign or unsafe files

@@ -13,14 +13,22 @@ from pathlib import Path
 from typing import Any, Union
 
 from edgeres.artifacts import write_text
+from edgeres.bench.load import CONTENTION_SHARE
 from edgeres.errors import UserInputError
 from edgeres.report.charts import accuracy, engine_latency, p50_per_image, pareto_front, write_charts
 
 MISSING = "–"
 TITLE = "edgeres benchmark report"
 SUMMARY_COLUMNS = ["artifact", "backend", "precision", "threads×batch", "size MB", "params", "MMACs", "p50 ms",
-                   "p99 ms", "img/s", "accuracy %", "speed-up", "Δ acc (points)"]
+                   "p99 ms", "img/s", "accuracy %", "speed-up", "Δ acc (points)", "runtime MB", "harness MB",
+                   "CPU contention"]
 _FIRST_NUMERIC = 4  # summary columns from here on are right-aligned
+MEMORY_NOTE = ("Memory: runtime MB is the peak resident memory of a process that imports only the runtime "
+               "(ONNX Runtime, OpenVINO; torch for a checkpoint), loads the artifact and runs the benchmark batch, "
+               "with its increment over the runtime's own import in brackets; harness MB is the peak of the "
+               "measuring process (torch, test data and timing included), not the artifact's. CPU contention: "
+               f"whether other processes took more than {CONTENTION_SHARE:.0%} of the measured cores beyond the free "
+               "ones, and how many cores they took on average.")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;
@@ -29,7 +37,7 @@ table{border-collapse:collapse;margin:0.8rem 0 1.4rem;font-size:0.9rem}
 th,td{border:1px solid #d0d7de;padding:0.3rem 0.6rem;text-align:left}
 th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0 2rem}img{max-width:100%;height:auto}figcaption{color:#57606a;font-size:0.9rem}
-p.pass{color:#1a7f37;font-weight:600}p.fail{color:#cf222e;font-weight:600}
+p.pass{color:#1a7f37;font-weight:600}p.fail{color:#cf222e;font-weight:600}p.warn{color:#9a6700;font-weight:600}
 """
 
 
@@ -87,9 +95,30 @@ def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _fmt(_scaled(a.get("size_bytes"), 1e6), ".2f"), _fmt(_scaled(a.get("params"), 1e6), ".2f", "M"),
             _fmt(_scaled(a.get("macs"), 1e6), ",.1f"), _fmt(lat.get("p50_ms"), ".2f"), _fmt(lat.get("p99_ms"), ".2f"),
             _fmt(lat.get("throughput_ips"), ",.1f"), _fmt(_scaled(acc, 0.01), ".2f"), _fmt(speedup, ".2f", "×"),
-            _fmt(delta, "+.2f"),
+            _fmt(delta, "+.2f"), *_memory_cells(a), _contention_cell(a),
         ])
     return list(SUMMARY_COLUMNS), rows
+
+
+def _memory_cells(artifact: dict[str, Any]) -> list[str]:
+    """Runtime peak (its increment over the runtime's own import in brackets) and the harness's peak."""
+    memory = artifact.get("memory") or {}
+    peak, base = memory.get("runtime_peak_mb"), memory.get("runtime_baseline_mb")
+    runtime = _fmt(peak, ".1f") + (f" ({_fmt(peak - base, '+.1f')})" if peak is not None and base is not None else "")
+    # results.json files written before the runtime figure existed called the harness figure peak_rss_mb
+    return [runtime, _fmt(memory.get("harness_peak_mb", artifact.get("peak_rss_mb")), ".1f")]
+
+
+def _contention_cell(artifact: dict[str, Any]) -> str:
+    load = artifact.get("load") or {}
+    if load.get("contended") is None:
+        return MISSING
+    return f"YES ({_fmt(load.get('other_cores'), '.2f')} cores)" if load["contended"] else "no"
+
+
+def contended(artifacts: list[dict[str, Any]]) -> list[str]:
+    """Names of the artifacts measured while other processes competed for the cores."""
+    return [a["name"] for a in artifacts if (a.get("load") or {}).get("contended")]
 
 
 def render_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
@@ -157,8 +186,13 @@ def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: li
              f" ({env.get('cores') or MISSING} cores). Latency is the engine call alone, per call at the batch"
              " size shown; speed-up is the baseline's p50 per image divided by the artifact's"
              + (f"; the baseline is {base}." if base else "; no baseline was given."))
-    blocks: list[Block] = [Heading(1, TITLE), Para(intro), Heading(2, "Summary"),
+    blocks: list[Block] = [Heading(1, TITLE), Para(intro), Para(MEMORY_NOTE), Heading(2, "Summary"),
                            Table("summary", columns, rows, _FIRST_NUMERIC)]
+    busy = contended(artifacts)
+    if busy:
+        blocks.append(Para("Measured while other processes competed for the cores: " + ", ".join(busy) + ". Their "
+                           "latencies say more about the load than about the artifact; re-measure on a quiet "
+                           "machine before comparing them.", "warn"))
     front = _latency_front(artifacts)
     if front:
         blocks.append(Para("Pareto front (higher accuracy at lower p50 latency per image): " + ", ".join(front) + "."))

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.checkpoint import ModelMeta
 from edgeres.errors import UserInputError
+from edgeres.meta import ModelMeta
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from edgeres.artifacts import check_recorded_sha256
 from edgeres.errors import UserInputError
 from edgeres.export.onnx.convert import read_meta
 from edgeres.runtime.base import Runner, RunnerInfo
@@ -41,11 +42,13 @@ class OnnxRuntimeRunner(Runner):
         path = Path(path)
         if not path.is_file():
             raise UserInputError(f"{path}: no such ONNX file")
+        check_recorded_sha256(path)
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # onnx raises DecodeError or its own types for a file that is not ONNX
             raise UserInputError(f"{path}: not a readable ONNX model ({e})") from e
-        self.meta = read_meta({p.key: p.value for p in proto.metadata_props}, path)
+        props = {p.key: p.value for p in proto.metadata_props}
+        self.meta = read_meta(props, path)
         actual = graph_precision(proto)
         if precision not in (None, actual):
             raise UserInputError(
@@ -70,6 +73,7 @@ class OnnxRuntimeRunner(Runner):
             path=str(path),
             versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
             extra={"providers": self.session.get_providers(),
+                   "export_source_sha256": props.get("source_sha256") or None,
                    "intra_op_threads": threads if threads is not None else "onnxruntime default"},
         )
 

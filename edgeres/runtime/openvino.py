@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeres.artifacts import check_recorded_sha256
 from edgeres.errors import UserInputError
 from edgeres.export.openvino.convert import check_ir_path, ir_precision, read_edgeres_info
 from edgeres.runtime.base import Runner, RunnerInfo
@@ -35,6 +36,7 @@ class OpenVinoRunner(Runner):
         import openvino as ov
 
         xml = check_ir_path(path)
+        check_recorded_sha256(xml, xml.with_suffix(".bin"))
         core = ov.Core()
         try:
             model = core.read_model(xml)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeres.checkpoint import ModelMeta
 from edgeres.errors import UserInputError
+from edgeres.meta import ModelMeta
 from edgeres.runtime.base import Runner, RunnerInfo
 
 
@@ -107,7 +107,7 @@ def _read_sidecar(path: Path) -> tuple[ModelMeta, str]:
     data: dict[str, Any] = json.loads(sidecar.read_text(encoding="utf-8"))
     if "meta" not in data or "precision" not in data:
         raise UserInputError(f"{sidecar}: not an edgeres engine sidecar (needs the keys 'meta' and 'precision')")
-    return ModelMeta.from_dict(data["meta"]), data["precision"]
+    return ModelMeta.from_dict(data["meta"], source=f"{sidecar} (its 'meta' entry)"), data["precision"]
 
 
 def _deserialize(trt: Any, path: Path) -> tuple[Any, Any]:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 from edgeres.data import DataConfig
 from edgeres.errors import UserInputError
+from edgeres.train.device import check_device
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "plateau", "none")
@@ -33,20 +35,24 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     resume: bool = False
+    device: str = "auto"            # auto, cpu, cuda or cuda:N; auto takes a GPU when there is one
+    amp: bool = False               # mixed precision (see edgeres.train.device for what it means where)
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("balance", self.balance, BALANCE)
         for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise UserInputError(f"lr must be positive, got {self.lr}")
-        if self.patience < 0:
-            raise UserInputError(f"patience must be >= 0 (0 turns early stopping off), got {self.patience}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserInputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            require_int(name, getattr(self, name), 1)
+        require_int("patience", self.patience, 0, " (0 turns early stopping off)")
+        require_int("seed", self.seed, 0)
+        if self.threads is not None:
+            require_int("threads", self.threads, 1, " (or unset for torch's default)")
+        require_number("lr", self.lr, 0, open_low=True)
+        require_number("weight_decay", self.weight_decay, 0)
+        require_number("label_smoothing", self.label_smoothing, 0, 1, open_high=True)
+        check_device(self.device)
+        require_bool("amp", self.amp)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -56,6 +62,31 @@ class TrainConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
+
+
+def require_int(field: str, value: Any, least: int, note: str = "") -> None:
+    """Refuse anything but an integer >= `least` (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserInputError(f"{field} must be an integer >= {least}{note}, got {value!r}")
+
+
+def require_number(field: str, value: Any, low: float, high: float | None = None, *,
+                   open_low: bool = False, open_high: bool = False) -> None:
+    """Refuse anything but a finite number in the interval from `low` to `high` (None: unbounded)."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if open_low else value >= low)
+          and (high is None or (value < high if open_high else value <= high)))
+    if not ok:
+        if high is None:
+            wanted = f"{'>' if open_low else '>='} {low}"
+        else:
+            wanted = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise UserInputError(f"{field} must be a finite number {wanted}, got {value!r}")
+
+
+def require_bool(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise UserInputError(f"{field} must be true or false, got {value!r}")
 
 
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

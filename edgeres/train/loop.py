@@ -1,4 +1,4 @@
-"""Classification training: seeded, resumable, early-stopping, DDP-ready; evaluation through a Runner."""
+"""Classification training: seeded, resumable, early-stopping, DDP-ready, CPU or GPU; evaluation through a Runner."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +19,7 @@ from edgeres.data import DataBundle, class_weights, load_data, make_sampler
 from edgeres.errors import UserInputError
 from edgeres.models import create
 from edgeres.train.config import TrainConfig
+from edgeres.train.device import Execution, amp_dtype, placed
 from edgeres.train.distributed import DistContext, init_distributed, shutdown
 from edgeres.train.state import load_state, save_state
 from edgeres.ui import progress_bar
@@ -62,29 +63,39 @@ def _build_optimizer(cfg: TrainConfig, model: nn.Module, criterion: Criterion):
 def _train_loader(cfg: TrainConfig, bundle: DataBundle, ctx: DistContext, epoch: int) -> DataLoader:
     dataset = bundle.dataset("train")
     g = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
+    pin = ctx.device.type == "cuda"  # page-locked batches copy to a GPU asynchronously; a CPU gains nothing
     if ctx.enabled:
         if cfg.balance == "sampler":
             raise UserInputError("balance='sampler' is not available under torchrun; use balance='loss'")
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
-        return DataLoader(dataset, cfg.batch_size, sampler=sampler)
+        return DataLoader(dataset, cfg.batch_size, sampler=sampler, pin_memory=pin)
     if cfg.balance == "sampler":
         return DataLoader(dataset, cfg.batch_size, sampler=make_sampler(bundle.labels("train"),
-                          len(bundle.class_names), cfg.seed * 10_007 + epoch))
-    return DataLoader(dataset, cfg.batch_size, shuffle=True, generator=g)
+                          len(bundle.class_names), cfg.seed * 10_007 + epoch), pin_memory=pin)
+    return DataLoader(dataset, cfg.batch_size, shuffle=True, generator=g, pin_memory=pin)
 
 
-def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion,
-                progress=None) -> tuple[float, float, int]:
-    """One pass over `loader`; returns mean loss, accuracy on the (augmented) batches, and images seen."""
+def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progress=None,
+                execution: Execution = Execution(), scaler: torch.amp.GradScaler | None = None,
+                ) -> tuple[float, float, int]:
+    """One pass over `loader`; returns mean loss, accuracy on the (augmented) batches, and images seen.
+
+    execution: the device the model (and criterion) sit on, where batches go, and the autocast dtype.
+    scaler: fp16 loss scaling kept across epochs (default: a fresh one, as `execution` needs it).
+    """
+    scaler = scaler or execution.grad_scaler()  # disabled (a pass-through) unless fp16
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for images, targets in loader:
-        logits = model(images)
-        loss = criterion(logits, targets, images)
+        images, targets = execution.move(images), execution.move(targets)
+        with execution.autocast():
+            logits = model(images)
+            loss = criterion(logits, targets, images)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         n = len(targets)
         total_loss += loss.item() * n
         correct += int((logits.argmax(1) == targets).sum())
@@ -95,13 +106,15 @@ def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion,
 
 
 @torch.no_grad()
-def validate(model: nn.Module, bundle: DataBundle, batch_size: int) -> tuple[float, float]:
-    """Cross-entropy and accuracy on the validation split, un-augmented."""
+def validate(model: nn.Module, bundle: DataBundle, batch_size: int,
+             execution: Execution = Execution()) -> tuple[float, float]:
+    """Cross-entropy and accuracy on the validation split, un-augmented, where and as the model trains."""
     model.eval()
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in bundle.batches("val", batch_size):
-        logits = model(torch.from_numpy(x))
-        target = torch.from_numpy(y).long()
+        with execution.autocast():
+            logits = model(execution.move(torch.from_numpy(x)))
+        target = execution.move(torch.from_numpy(y).long())
         total_loss += F.cross_entropy(logits, target, reduction="sum").item()
         correct += int((logits.argmax(1) == target).sum())
         seen += len(y)
@@ -134,16 +147,19 @@ def make_meta(cfg: TrainConfig, bundle: DataBundle, parent: str | None = None) -
                      parent_sha256=parent)
 
 
-def default_criterion(cfg: TrainConfig, bundle: DataBundle) -> Criterion:
+def default_criterion(cfg: TrainConfig, bundle: DataBundle, device: torch.device = torch.device("cpu")) -> Criterion:
+    """Cross-entropy with the config's label smoothing and (balance='loss') class weights on `device`."""
     weight = class_weights(bundle.labels("train"), len(bundle.class_names)) if cfg.balance == "loss" else None
+    weight = weight.to(device) if weight is not None else None
     ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     return lambda logits, targets, images: ce(logits, targets)
 
 
 def train(cfg: TrainConfig, model: nn.Module | None = None, criterion: Criterion | None = None,
           meta: ModelMeta | None = None, bundle: DataBundle | None = None) -> TrainResult:
-    """Train `cfg.model` (or the given `model`) on `cfg.data`; write the best checkpoint and its metrics to cfg.out."""
-    ctx = init_distributed()
+    """Train `cfg.model` (or the given `model`) on `cfg.data` on `cfg.device`; write the best checkpoint and its
+    metrics to cfg.out. A given model and criterion are back on the CPU when this returns."""
+    ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx, model, criterion, meta, bundle)
     finally:
@@ -151,6 +167,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None, criterion: Criterion
 
 
 def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
+    execution = Execution(ctx.device, amp_dtype(ctx.device, cfg.amp))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -164,23 +181,44 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
                        weights=cfg.weights, freeze=cfg.freeze, **cfg.model_kwargs)
     parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
     meta = meta or make_meta(cfg, bundle, parent)
-    criterion = criterion or default_criterion(cfg, bundle)
+    criterion = criterion or default_criterion(cfg, bundle, execution.device)
+    # Weights are created (and saved) on the CPU; only the epochs run on the device.
+    with placed(execution, model, criterion if isinstance(criterion, nn.Module) else None):
+        history, best, stopped_early = _fit(cfg, ctx, execution, model, criterion, meta, bundle, state)
+    ctx.barrier()
+    metrics = finalize_run(cfg.out_dir, history, bundle) if ctx.is_main else {}
+    return TrainResult(cfg.out_dir, metrics, history, best["epoch"], stopped_early)
+
+
+def _restore(state: dict[str, Any], model: nn.Module, optimizer, scheduler, criterion: Criterion,
+             scaler: torch.amp.GradScaler) -> tuple[list, dict, int, int]:
+    """Load an interrupted run's weights and optimizer state (onto the model's device); return where it was."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if isinstance(criterion, nn.Module) and state.get("criterion"):
+        criterion.load_state_dict(state["criterion"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
+
+
+def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Module, criterion: Criterion,
+         meta: ModelMeta, bundle: DataBundle, state: dict[str, Any] | None) -> tuple[list, dict, bool]:
+    """The epochs, with `model` and `criterion` already on `execution.device`; returns history, best, stopped early."""
     optimizer, scheduler = _build_optimizer(cfg, model, criterion)
+    scaler = execution.grad_scaler()
     history: list[dict[str, Any]] = []
     best = {"val_loss": math.inf, "epoch": -1}
     start, bad_epochs = 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if isinstance(criterion, nn.Module) and state.get("criterion"):
-            criterion.load_state_dict(state["criterion"])
-        history, best, bad_epochs, start = state["history"], state["best"], state["bad_epochs"], state["epoch"] + 1
+        history, best, bad_epochs, start = _restore(state, model, optimizer, scheduler, criterion, scaler)
         log.info("resuming %s at epoch %d/%d", cfg.out, start + 1, cfg.epochs)
     if ctx.is_main:
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(cfg.out_dir / "train.json", {**cfg.to_dict(), "world_size": ctx.world_size})
+        write_json(cfg.out_dir / "train.json", {**cfg.to_dict(), "world_size": ctx.world_size,
+                                                "execution": execution.to_dict()})
     net = ctx.wrap(model)
     stopped_early = False
     for epoch in range(start, cfg.epochs):
@@ -189,9 +227,9 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
         loader = _train_loader(cfg, bundle, ctx, epoch)
         with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader.sampler),
                           enabled=ctx.is_main) as advance:
-            train_loss, train_acc, seen = train_epoch(net, loader, optimizer, criterion, advance)
+            train_loss, train_acc, seen = train_epoch(net, loader, optimizer, criterion, advance, execution, scaler)
         train_loss, train_acc = ctx.all_reduce_mean(train_loss), ctx.all_reduce_mean(train_acc)
-        val_loss, val_acc = validate(model, bundle, max(cfg.batch_size, 128))
+        val_loss, val_acc = validate(model, bundle, max(cfg.batch_size, 128), execution)
         lr = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_loss)
@@ -212,19 +250,18 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
                      "  *best" if improved else "")
             if improved:
                 meta.history = {"best_epoch": epoch + 1, "epochs": history}
-                save_checkpoint(model, meta, cfg.out_dir)
+                save_checkpoint(model, meta, cfg.out_dir)  # copies the weights to the CPU
             save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "criterion": criterion.state_dict() if isinstance(criterion, nn.Module) else None,
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                         "history": history, "best": best, "bad_epochs": bad_epochs, "epoch": epoch},
                        cfg.out_dir / "last")
         if cfg.patience and bad_epochs >= cfg.patience:
             stopped_early = True
             log.info("early stop: val loss has not improved for %d epochs", bad_epochs)
             break
-    ctx.barrier()
-    metrics = finalize_run(cfg.out_dir, history, bundle) if ctx.is_main else {}
-    return TrainResult(cfg.out_dir, metrics, history, best["epoch"], stopped_early)
+    return history, best, stopped_early
 
 
 def finalize_run(out_dir: Path, history: list[dict[str, Any]], bundle: DataBundle) -> dict[str, Any]:

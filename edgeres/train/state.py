@@ -1,14 +1,23 @@
-"""Resumable training state as safetensors + JSON: tensors go to one file, structure to the other."""
+"""Resumable training state in one safetensors file: the tensors, and the structure as JSON in its metadata.
+
+One file written by one rename: a kill leaves the previous state or the new one, never the new weights
+under the old epoch count (two files renamed one after the other could).
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from edgeres.artifacts import atomic_path, read_json, write_json
+from edgeres.artifacts import atomic_path
+from edgeres.errors import UserInputError
 
+STATE_FILE = "state.safetensors"
+_STRUCTURE_KEY = "edgeres_state"
 _TENSOR = "__tensor__"
 
 
@@ -39,19 +48,28 @@ def _join(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_state(state: dict[str, Any], directory: str | Path) -> None:
-    """Save a nested dict of tensors and plain values; the JSON is written last and marks it complete."""
+    """Save a nested dict of tensors and plain values as one file, atomically."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     structure = _split(state, tensors, "s")
-    with atomic_path(d / "state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json(d / "state.json", structure)
+    with atomic_path(d / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={_STRUCTURE_KEY: json.dumps(structure)})
+    (d / "state.json").unlink(missing_ok=True)  # the two-file layout of earlier versions
 
 
 def load_state(directory: str | Path) -> dict[str, Any] | None:
-    """The saved state, or None when there is none (or only a half-written one)."""
-    d = Path(directory)
-    if not (d / "state.json").is_file() or not (d / "state.safetensors").is_file():
+    """The saved state, or None when there is none (an older two-file state counts as none)."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
         return None
-    return _join(read_json(d / "state.json"), load_file(str(d / "state.safetensors")))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            structure = (f.metadata() or {}).get(_STRUCTURE_KEY)
+            if structure is None:
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return _join(json.loads(structure), tensors)
+    except (SafetensorError, json.JSONDecodeError, KeyError, OSError) as e:
+        raise UserInputError(f"{path}: the saved training state is damaged ({e}); train again without --resume "
+                             "into a new --out") from None

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from edgeres.artifacts import atomic_path, sha256_file
-from edgeres.checkpoint import ModelMeta
 from edgeres.errors import UserInputError
+from edgeres.meta import ModelMeta
 from edgeres.models.base import evaluating
 
 INPUT_NAME = "input"
@@ -84,7 +84,7 @@ def read_meta(props: dict[str, str], path: str | Path) -> ModelMeta:
             f"(metadata keys present: {present}); export it with edgeres.export.onnx.export_onnx"
         )
     try:
-        return ModelMeta.from_dict(json.loads(props[META_KEY]))
+        return ModelMeta.from_dict(json.loads(props[META_KEY]), source=f"{path} (its embedded model.json)")
     except json.JSONDecodeError as e:
         raise UserInputError(f"{path}: metadata key {META_KEY!r} is not valid JSON ({e})") from e
 

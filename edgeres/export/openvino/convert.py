@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeres.checkpoint import ModelMeta
 from edgeres.errors import UserInputError
+from edgeres.meta import ModelMeta
 
 PRECISIONS = ("fp32", "fp16")
 RT_KEY = "edgeres"  # rt_info section: edgeres/meta (JSON of ModelMeta.to_dict()), edgeres/source_sha256, ...
@@ -88,7 +88,8 @@ def read_edgeres_info(ov_model: Any, path: str | Path = "model") -> tuple[ModelM
         raise UserInputError(f"{path}: not an edgeres export (its rt_info has no '{RT_KEY}/meta' entry); "
                              "export the checkpoint with `edgeres export --to openvino`")
     try:
-        meta = ModelMeta.from_dict(json.loads(ov_model.get_rt_info([RT_KEY, "meta"]).astype(str)))
+        meta = ModelMeta.from_dict(json.loads(ov_model.get_rt_info([RT_KEY, "meta"]).astype(str)),
+                                   source=f"{path} (its embedded model.json)")
     except json.JSONDecodeError as e:
         raise UserInputError(f"{path}: the edgeres metadata in its rt_info is not valid JSON ({e})") from e
     section = ov_model.get_rt_info()[RT_KEY]
