@@ -69,6 +69,25 @@ def _sweep_tmp(directory: Path) -> None:
 
 
 @contextlib.contextmanager
+def scratch_dir(parent: str | Path, name: str) -> Iterator[Path]:
+    """A temporary folder in `parent` (the output's file system, so results move out of it by rename).
+
+    Its name carries the writer's pid, so the next scratch folder of the same `name` removes what a killed
+    writer left; removed when the block ends, however it ends.
+    """
+    parent = Path(parent)
+    prefix = f".{name}.scratch."
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(parent, prefix)
+    path = parent / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 

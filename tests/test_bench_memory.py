@@ -129,3 +129,15 @@ def test_runtime_memory_of_an_openvino_ir_carries_no_torch(tmp_path):
     assert m["imported"] == {"torch": False, "edgeres": False, "onnxruntime": False, "openvino": True}
     assert 0 < m["runtime_baseline_mb"] < m["runtime_peak_mb"]
     assert measure_runtime_memory(xml, "tensorrt", [1, 1, 32, 32], 1) is None  # no probe for TensorRT here
+
+
+def test_harness_figure_is_the_workers_own_not_its_parents(onnx_sizes):
+    # Linux carries a parent's RSS high-water mark across fork + exec into ru_maxrss: a worker started by a
+    # big process once reported the parent's 1.3 GB for every model. Make this process big, then measure.
+    import numpy as np
+
+    ballast = np.ones(1_500 * 2**20, dtype=np.uint8)  # 1.5 GiB, touched so that it is resident
+    config = BenchConfig(runs=3, warmup=0, min_seconds=0, budget_s=5, accuracy=False, end_to_end=False)
+    entry = bench_artifacts([onnx_sizes["test_resnet"]], config)["artifacts"][0]
+    assert ballast[-1] == 1
+    assert entry["memory"]["harness_peak_mb"] < 1_500, entry["memory"]

@@ -162,6 +162,23 @@ def test_outputs_have_umask_permissions_and_dead_writers_leftovers_go(tiny_check
     assert not dead.exists() and alive.exists()
 
 
+def test_openvino_save_leaves_no_scratch_and_cleans_a_killed_ones(tmp_path):
+    # ov.save_model writes into a scratch folder beside the IR; a kill there once left a 0700 folder forever.
+    import openvino as ov
+
+    from edgeres.export.openvino.convert import save_ir
+
+    dead = tmp_path / f".model.fp32.scratch.{DEAD_PID}-0"
+    alive = tmp_path / ".model.fp32.scratch.1-0"  # pid 1 runs: its save may still be under way
+    for d in (dead, alive):
+        d.mkdir()
+        (d / "model.fp32.bin").write_bytes(b"half")
+    x = ov.opset13.parameter([1, 3], ov.Type.f32, name="x")
+    save_ir(ov.Model([ov.opset13.relu(x)], [x]), tmp_path / "model.fp32.xml", compress_to_fp16=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, "model.fp32.bin", "model.fp32.xml"])
+
+
 # --- training resume state -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("renames_before_kill", [0, 1, 2])

@@ -37,8 +37,13 @@ def measure_runtime_memory(path: str | Path, backend: str, input_shape: list[int
     return json.loads(lines[-1])
 
 
-def _rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process in MB; ru_maxrss where /proc is missing."""
+def rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process in MB; ru_maxrss where /proc is missing.
+
+    VmHWM belongs to this process's own address space. ru_maxrss does not: Linux carries the parent's
+    high-water mark across fork/vfork + exec, so a worker started by a 1.3 GB process reported 1.3 GB
+    for any model.
+    """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -90,12 +95,12 @@ def main(job: dict[str, Any]) -> dict[str, Any]:
     runtime = _import_runtime(job)
     import numpy as np
 
-    baseline = _rss_mb("VmRSS")
+    baseline = rss_mb("VmRSS")
     run, dtype = _open(job, runtime)
     batch = np.random.default_rng(0).standard_normal(job["input_shape"], dtype=np.float32).astype(dtype)
     for _ in range(CALLS):
         run(batch)
-    peak = _rss_mb("VmHWM")
+    peak = rss_mb("VmHWM")
     return {"runtime_baseline_mb": round(baseline, 1), "runtime_peak_mb": round(peak, 1),
             "runtime_increment_mb": round(peak - baseline, 1), "calls": CALLS,
             "imported": {name: name in sys.modules for name in ("torch", "edgeres", "onnxruntime", "openvino")}}

@@ -8,7 +8,6 @@ is measured apart, by edgeres.bench.runtime_memory.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeres.bench.load import LoadMonitor
+from edgeres.bench.runtime_memory import rss_mb
 from edgeres.errors import UserInputError
 
 
@@ -51,7 +51,7 @@ def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict
             e2e = time_calls(lambda: runner(preprocess(frame, runner.meta)), config["warmup"], config["runs"],
                              config["budget_s"], min_seconds=config["min_seconds"])
             end_to_end = {**e2e.summary(), "samples_ms": e2e.samples_ms}
-    harness_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    harness_peak_mb = rss_mb("VmHWM")
     model = build_model(runner.meta)
     entry = {
         "name": _name(Path(path), batch, threads, config), "path": path, "backend": runner.info.backend,

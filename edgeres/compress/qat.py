@@ -9,7 +9,6 @@ import importlib.util
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgeres.artifacts import package_versions, sha256_file, write_json
+from edgeres.artifacts import package_versions, scratch_dir, sha256_file, write_json
 from edgeres.checkpoint import ModelMeta, checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres.evaluate.classify import check_compatible
@@ -187,8 +186,8 @@ def export_qat_onnx(qmodel: nn.Module, meta: ModelMeta, out: Path, check: np.nda
                             example_input=torch.zeros(1, c, h, w))
     with evaluating(native):
         reference = native(torch.from_numpy(check)).numpy()
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        staged = Path(tmp) / out.name
+    with scratch_dir(out.parent, out.name) as tmp:
+        staged = tmp / out.name
         with warnings.catch_warnings():  # NNCF's hooks read quantizer settings as Python values while traced
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             # export_onnx's own check is the fp32 one; an int8 graph is judged on agreement below.
@@ -239,8 +238,8 @@ def _post_training_int8(model: nn.Module, meta: ModelMeta, sha: str, calib: list
     from edgeres.export.openvino.convert import export_openvino
     from edgeres.export.openvino.quantize import quantize_openvino
 
-    with tempfile.TemporaryDirectory(prefix=".qat-fp32.", dir=out_xml.parent) as tmp:
-        fp32 = export_openvino(model, meta, Path(tmp) / "model.fp32.xml", source_sha256=sha)
+    with scratch_dir(out_xml.parent, "qat-fp32") as tmp:
+        fp32 = export_openvino(model, meta, tmp / "model.fp32.xml", source_sha256=sha)
         record = quantize_openvino(fp32["path"], calib, out_xml, subset_size=sum(map(len, calib)))
     record.update(sha256=sha256_file(out_xml), source_ir="(temporary fp32 IR)")
     return record

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgeres.checkpoint import is_checkpoint
+from edgeres.meta import is_checkpoint
 from edgeres.errors import UserInputError
 from edgeres.runtime.base import Runner, RunnerInfo
 

@@ -2,8 +2,8 @@
 
 `--amp` on a GPU autocasts to bf16 where the GPU computes it natively (Ampere and later: fp32's exponent
 range, so no loss scaling), else to fp16 with a GradScaler. On a CPU it autocasts to bf16 only when the
-CPU has native bf16 instructions (AVX512-BF16 or AMX): there a ResNet-18 step at 64 px ran in ~0.6x the
-fp32 time (see the README); without them oneDNN emulates bf16 and is slower than fp32, so `--amp` is
+CPU has native bf16 instructions (AVX512-BF16 or AMX): there a ResNet-18 step at 64 px ran in 0.70x the
+fp32 time (benchmarks/amp_step.py); without them oneDNN emulates bf16 and is slower than fp32, so `--amp` is
 refused rather than silently making training slower and less precise. Without `--amp` nothing is cast,
 and CPU training stays bit-for-bit what it was (seeded runs and `--resume` are exact).
 """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeres.artifacts import scratch_dir
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
 
@@ -102,8 +102,8 @@ def save_ir(ov_model: Any, out_xml: Path, *, compress_to_fp16: bool) -> None:
     import openvino as ov
 
     out_xml.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_xml.stem}.", dir=out_xml.parent) as tmp:
-        tmp_xml = Path(tmp) / out_xml.name
+    with scratch_dir(out_xml.parent, out_xml.stem) as tmp:
+        tmp_xml = tmp / out_xml.name
         ov.save_model(ov_model, tmp_xml, compress_to_fp16=compress_to_fp16)
         # The .xml is what marks the artifact as present: drop the old one first, move it in last.
         out_xml.unlink(missing_ok=True)
