@@ -21,6 +21,7 @@ import method
 from edgeres.models import create
 from edgeres.train.device import Execution, amp_dtype
 from edgeres.train.loop import train_epoch
+from train_step import fixed_batches, per_step_ms
 
 NAME = "amp_step"
 
@@ -65,11 +66,10 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     model = create(args.model, num_classes=10, in_chans=args.in_chans)
-    batches = [(torch.randn(args.batch_size, args.in_chans, args.img_size, args.img_size),
-                torch.randint(0, 10, (args.batch_size,))) for _ in range(args.steps)]
+    batches = fixed_batches(args)
     fns = contenders(model, batches, nn.CrossEntropyLoss(), dtype)
     samples, load = method.timed(fns, args, tied=[list(fns)])
-    per_step = {name: [ms / args.steps for ms in s] for name, s in samples.items()}
+    per_step = per_step_ms(samples, args.steps)
     result = method.record(
         NAME, args, start, model=args.model, input=[args.batch_size, args.in_chans, args.img_size, args.img_size],
         amp_dtype=str(dtype).replace("torch.", ""), steps_per_call=args.steps, load=load,

@@ -34,6 +34,17 @@ def plain_loop(model: nn.Module, batches, optimizer: torch.optim.Optimizer, loss
         optimizer.step()
 
 
+def fixed_batches(args: argparse.Namespace) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`--steps` random batches (10 classes) every contender trains on, so they do the same work."""
+    return [(torch.randn(args.batch_size, args.in_chans, args.img_size, args.img_size),
+             torch.randint(0, 10, (args.batch_size,))) for _ in range(args.steps)]
+
+
+def per_step_ms(samples: dict[str, list[float]], steps: int) -> dict[str, list[float]]:
+    """Per-call samples (one call = `steps` steps) as milliseconds per step."""
+    return {name: [ms / steps for ms in s] for name, s in samples.items()}
+
+
 def contenders(model: nn.Module, batches, ce: nn.Module) -> dict[str, Callable[[], Any]]:
     """Each loop on its own copy of the model and a fresh AdamW over it."""
     def own(m: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -73,11 +84,10 @@ def main() -> None:
     torch.manual_seed(0)
     start = time.perf_counter()
     model = create(args.model, num_classes=10, in_chans=args.in_chans)
-    batches = [(torch.randn(args.batch_size, args.in_chans, args.img_size, args.img_size),
-                torch.randint(0, 10, (args.batch_size,))) for _ in range(args.steps)]
+    batches = fixed_batches(args)
     fns = contenders(model, batches, nn.CrossEntropyLoss())
     samples, load = method.timed(fns, args, tied=[list(fns)])
-    per_step = {name: [ms / args.steps for ms in s] for name, s in samples.items()}
+    per_step = per_step_ms(samples, args.steps)
     result = method.record(
         NAME, args, start, input=[args.batch_size, args.in_chans, args.img_size, args.img_size],
         optimizer="AdamW lr 1e-3", steps_per_call=args.steps, load=load,

@@ -204,13 +204,19 @@ def _parse_problem(e: Exception) -> str:
 EXPORT_RECORD = "export.json"
 
 
+def read_record(path: str | Path, remedy: str) -> Any:
+    """Read a JSON record edgeres wrote (a manifest, export.json); a damaged one is a UserInputError saying
+    what to do (`remedy`), since nothing written beside it can be trusted."""
+    try:
+        return read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{path} is not valid JSON ({e}); {remedy}") from None
+
+
 def _recorded_sha256(record: Path) -> dict[str, str]:
     """{file name: sha256} of the published artifacts an export.json lists."""
-    try:
-        doc = read_json(record)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{record} is not valid JSON ({e}); it records the sha256 of the exported files "
-                             "beside it, so they cannot be trusted: export again") from None
+    doc = read_record(record, "it records the sha256 of the exported files beside it, so they cannot be "
+                              "trusted: export again")
     hashes: dict[str, str] = {}
     for entry in doc.get("artifacts", []) if isinstance(doc, dict) else []:
         hashes.update(entry.get("files") or {})

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeres.artifacts import package_versions, read_json, sha256_file, write_json
+from edgeres.artifacts import package_versions, read_json, read_record, sha256_file, write_json
 from edgeres.errors import CheckFailed, UserInputError
 from edgeres.recipe import Recipe
 
@@ -60,11 +60,8 @@ class Manifest:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        data = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserInputError(f"{path} is not valid JSON ({e}); it is the record of what this run wrote. Remove "
-                             "the run directory or choose another --out") from None
+    data = read_record(path, "it is the record of what this run wrote: remove the run directory or choose "
+                             "another --out")
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
         raise UserInputError(f"{path} is not an edgeres manifest (no 'stages' mapping); choose another --out")
     return data

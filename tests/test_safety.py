@@ -347,3 +347,20 @@ def test_run_refuses_a_stage_folder_its_manifest_does_not_record(tmp_path):
     with pytest.raises(UserInputError, match="does not record it"):
         run_recipe(Recipe.model_validate(RECIPE), out=run)
     assert (run / "train" / "mine.txt").is_file()
+
+
+@pytest.mark.parametrize("record", ["manifest.json", "export.json"])
+def test_a_damaged_record_is_refused_naming_it(tmp_path, record):
+    # What a damaged record vouches for cannot be trusted: exit 2 saying which file and what to do.
+    from edgeres import runtime
+    from edgeres.pipeline import run_recipe
+    from edgeres.recipe import Recipe
+
+    (tmp_path / record).write_text('{"stages": ')
+    if record == "manifest.json":
+        with pytest.raises(UserInputError, match="manifest.json is not valid JSON.*remove the run directory"):
+            run_recipe(Recipe.model_validate(RECIPE), out=tmp_path)
+    else:
+        (tmp_path / "model.fp32.onnx").write_bytes(b"onnx")
+        with pytest.raises(UserInputError, match="export.json is not valid JSON.*export again"):
+            runtime.load(tmp_path / "model.fp32.onnx")
