@@ -23,7 +23,10 @@ FORMAT_VERSION = 1
 MIN_IMG_SIZE, MAX_IMG_SIZE = 8, 4096
 MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,841; more is a typo that would allocate a giant classifier
 IN_CHANS = (1, 3)  # grey or RGB: what the data loaders produce
+# What a model's outputs mean; each has a module in edgeres.tasks. A model.json written before tasks
+# existed holds a classifier: that is the default.
 TASKS = ("classification",)
+DEFAULT_TASK = "classification"
 # Defaults: ImageNet statistics, and their average for one grey channel (as timm does).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _DEFAULT_STATS = {3: (IMAGENET_MEAN, IMAGENET_STD), 1: ((0.449,), (0.226,))}
@@ -45,7 +48,7 @@ class ModelMeta:
     mean: Optional[tuple[float, ...]] = None
     std: Optional[tuple[float, ...]] = None
     class_names: Optional[list[str]] = None
-    task: Literal[TASKS] = "classification"  # type: ignore[valid-type]
+    task: Literal[TASKS] = DEFAULT_TASK  # type: ignore[valid-type]
     # Shapes of every parameter whose shape differs from the unpruned architecture.
     pruned_shapes: Optional[dict[str, list[PositiveDim]]] = None
     parent_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None

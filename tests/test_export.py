@@ -74,7 +74,7 @@ def test_plain_runtimes_load_exports_without_edgeres(exported, tiny_checkpoint, 
     np.save(tmp_path / "x.npy", x)
     res = subprocess.run([sys.executable, "-c", PLAIN, str(out / name), str(tmp_path / "x.npy")],
                          capture_output=True, text=True, check=True)
-    assert json.loads(res.stdout) == runner(x).argmax(1).tolist()
+    assert json.loads(res.stdout) == runner(x)["logits"].argmax(1).tolist()
 
 
 def test_failed_validation_is_not_left_looking_finished(tiny_checkpoint, tmp_path, monkeypatch):
@@ -132,3 +132,19 @@ def test_cli_export_and_eval(tiny_checkpoint, tmp_path):
     bad = subprocess.run([*cli, "export", str(tiny_checkpoint), "--to", "caffe", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "formats" in bad.stderr
+
+
+def test_every_backend_names_its_outputs_and_the_task_reads_them_alike(exported, tiny_checkpoint):
+    from edgeres import runtime
+    from edgeres.data import DataConfig, load_data
+    from edgeres.tasks import get_task
+
+    out, _ = exported
+    torch_runner = runtime.load(tiny_checkpoint)
+    task = get_task(torch_runner.meta.task)
+    x, _ = next(load_data(DataConfig.from_dict(torch_runner.meta.data)).batches("test", 16))
+    reference = task.postprocess(torch_runner(x)).argmax(1)
+    for name in ("model.fp32.onnx", "model.fp32.xml"):
+        outputs = runtime.load(out / name, precision="fp32")(x)
+        assert list(outputs) == ["logits"] and outputs["logits"].shape == (16, torch_runner.meta.num_classes), name
+        assert (task.postprocess(outputs).argmax(1) == reference).all(), name

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgeres.errors import UserInputError
-from edgeres.evaluate.classify import Predictions
+from edgeres.tasks.classify import Predictions
 from edgeres.evaluate.gate import (GateConfig, bootstrap_delta_ci, check, check_rows, format_table,
                                    mcnemar_exact, write_junit)
 

@@ -17,6 +17,7 @@ from edgeres.export.onnx import export_onnx, find_attention_nodes, quantize_onnx
 from edgeres.export.validate import Tolerance, compare_outputs, judge
 from edgeres.models import create, list_models, variant_args
 from edgeres.runtime import load
+from edgeres.runtime.base import run_any_batch
 
 IMG = 32
 # Random-weight ResNets have near-tied logits, so a top-1 flip there is mostly a tie broken by rounding
@@ -126,6 +127,11 @@ def test_static_batch(tmp_path):
     assert compare_outputs(torch_out(model, x), runner(x))["max_abs_diff"] < 1e-4
     with pytest.raises(UserInputError, match=r"\(2, 3, 32, 32\)"):
         runner(batches(1, 3)[0])
+    # Any batch through a fixed-batch runner: chunks of its size, the last one padded, outputs by name.
+    x5 = batches(1, 5, seed=3)[0]
+    outputs = run_any_batch(runner, x5)
+    assert list(outputs) == ["logits"] and outputs["logits"].shape == (5, 10)
+    np.testing.assert_allclose(outputs["logits"], torch_out(model, x5), rtol=0, atol=1e-4)
 
 
 def test_wrong_input_is_refused_with_the_expected_shape(plain):
@@ -142,7 +148,7 @@ def test_plain_onnxruntime_loads_the_export(plain):
     assert [i.name for i in session.get_inputs()] == ["input"] and [o.name for o in session.get_outputs()] == ["logits"]
     x = batches(1, 3, seed=7)[0]
     plain_out = session.run(None, {"input": x})[0]
-    np.testing.assert_allclose(plain_out, load(path)(x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(plain_out, load(path)(x)["logits"], rtol=0, atol=1e-5)
     assert compare_outputs(torch_out(model, x), plain_out)["top1_agreement"] == 1.0
 
 
@@ -172,7 +178,7 @@ def test_fp16_graph_reports_fp16_and_takes_float32(tmp_path):
     onnx.save(proto, str(tmp_path / "half.onnx"))
     runner = load(tmp_path / "half.onnx")
     assert runner.info.precision == "fp16" and runner.info.input_shape == (None, 3, 8, 8)
-    out = runner(np.ones((2, 3, 8, 8), np.float32))
+    out = runner(np.ones((2, 3, 8, 8), np.float32))["logits"]
     assert out.dtype == np.float32 and np.allclose(out, 1.5)
 
 

@@ -69,7 +69,7 @@ class _Collector(HTMLParser):
 
 def _failing_gate():
     """A real GateResult, so the report is tested against what the gate actually emits."""
-    from edgeres.evaluate.classify import Predictions
+    from edgeres.tasks.classify import Predictions
     from edgeres.evaluate.gate import GateConfig, check
 
     labels = np.arange(200) % 2

@@ -60,14 +60,16 @@ def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict
         "params": count_params(model), "macs": count_macs(model, runner.meta.input_shape),
         "memory": {"harness_peak_mb": round(harness_peak_mb, 1)}, "load": load.result,
         "latency": {"engine": engine, "end_to_end": end_to_end},
-        "runner": runner.info.to_dict(), "metrics": None, "class_names": runner.meta.class_names,
+        "runner": runner.info.to_dict(), "task": runner.meta.task, "metrics": None,
+        "class_names": runner.meta.class_names,
     }
     if config["accuracy"]:
-        entry["metrics"] = _accuracy(runner, config["data"])
+        entry["metrics"] = _test_metrics(runner, config["data"])
     return entry
 
 
-def _accuracy(runner, data: str | None) -> dict[str, Any]:
+def _test_metrics(runner, data: str | None) -> dict[str, Any]:
+    """The runner's task metrics on the test split."""
     from edgeres.data import load_data
     from edgeres.evaluate import data_config_for, evaluate_runner
 

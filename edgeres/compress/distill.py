@@ -9,6 +9,7 @@ from torch import nn
 
 from edgeres.checkpoint import ModelMeta, load_checkpoint
 from edgeres.errors import UserInputError
+from edgeres.tasks import Criterion
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -19,9 +20,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 class Distiller(nn.Module):
-    """criterion(logits, targets, images) = alpha * CE + (1 - alpha) * KD + feature_weight * feature MSE.
+    """criterion(logits, targets, images) = alpha * hard + (1 - alpha) * KD + feature_weight * feature MSE.
 
-    alpha: weight of the hard-label cross-entropy (1 means no distillation at all).
+    alpha: weight of the hard-label loss (1 means no distillation at all).
+    hard_loss: the hard-label loss, the student's task's (default: plain cross-entropy).
     feature_stages: stage names to match (default: the student's `feature_stages`); each gets a learned
         1x1 conv from the student's width to the teacher's, a parameter of this module.
     input_shape: (C, H, W) used once to measure stage widths; default (student's input channels, 64, 64).
@@ -31,7 +33,7 @@ class Distiller(nn.Module):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, temperature: float = 4.0, alpha: float = 0.7,
                  feature_weight: float = 0.0, feature_stages: tuple[str, ...] | list[str] | None = None,
-                 *, input_shape: tuple[int, int, int] | None = None):
+                 *, input_shape: tuple[int, int, int] | None = None, hard_loss: Criterion | None = None):
         super().__init__()
         if not temperature > 0:
             raise UserInputError(f"temperature must be positive, got {temperature}")
@@ -40,6 +42,7 @@ class Distiller(nn.Module):
         if not feature_weight >= 0:
             raise UserInputError(f"feature_weight must be >= 0, got {feature_weight}")
         self.temperature, self.alpha, self.feature_weight = float(temperature), float(alpha), float(feature_weight)
+        self.hard_loss = hard_loss or (lambda logits, targets, images: F.cross_entropy(logits, targets))
         teacher.eval().requires_grad_(False)
         # A tuple keeps both models out of this module's parameters: the optimizer that trains the
         # criterion's parameters must see the adapters only, never the frozen teacher or the student twice.
@@ -109,7 +112,7 @@ class Distiller(nn.Module):
         if teacher_logits.shape != logits.shape:
             raise UserInputError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
                                  f"{tuple(logits.shape)}: teacher and student need the same classes")
-        ce = F.cross_entropy(logits, targets)
+        ce = self.hard_loss(logits, targets, images)
         kd = kd_loss(logits, teacher_logits, self.temperature)
         loss = self.alpha * ce + (1 - self.alpha) * kd
         self.last = {"ce": ce.item(), "kd": kd.item()}

@@ -17,6 +17,7 @@ from edgeres.compress.prune import PruneConfig, prune
 from edgeres.compress.sparsity import sparsify
 from edgeres.data import DataConfig, load_data
 from edgeres.errors import UserInputError
+from edgeres.tasks import Task, get_task
 from edgeres.train.config import TrainConfig, require_bool, require_int, require_number
 from edgeres.train.device import Execution, check_device, placed, resolve_execution
 from edgeres.train.loop import train, train_epoch
@@ -53,30 +54,30 @@ class FinetuneConfig:
 
 def _figures(model: nn.Module, meta, bytes_: int | None, metrics: dict | None) -> dict[str, Any]:
     return {"params": count_params(model), "macs": count_macs(model, meta.input_shape), "file_bytes": bytes_,
-            "test": {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "auc")} if metrics else None}
+            "test": get_task(meta.task).summary(metrics["test"]) if metrics else None}
 
 
 def _test_metrics(ckpt: Path, bundle) -> dict:
     """The source checkpoint's metrics, measured now through its Runner (not trusted from its JSON)."""
     from edgeres import runtime
-    from edgeres.evaluate.classify import evaluate_runner
+    from edgeres.evaluate.predict import evaluate_runner
 
     return evaluate_runner(runtime.load(ckpt, backend="torch"), bundle, splits=("test",))[0]
 
 
-def _step_finetuner(bundle, ft: FinetuneConfig, criterion, execution: Execution):
+def _step_finetuner(bundle, ft: FinetuneConfig, criterion, execution: Execution, task: Task):
     def finetune(model: nn.Module, step: int) -> None:
         if ft.step_epochs == 0:
             return
         with placed(execution, model, criterion):  # pruning's next step works on the CPU again
+            loss = criterion or task.criterion(bundle, execution.device)
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
             loader = torch.utils.data.DataLoader(bundle.dataset("train"), ft.batch_size, shuffle=True,
                                                  generator=torch.Generator().manual_seed(ft.seed + step),
                                                  pin_memory=execution.pin_memory)
             scaler = execution.grad_scaler()
             for _ in range(ft.step_epochs):
-                train_epoch(model, loader, opt, criterion or (lambda lg, t, x: nn.functional.cross_entropy(lg, t)),
-                            execution=execution, scaler=scaler)
+                train_epoch(model, loader, opt, loss, execution=execution, scaler=scaler, task=task)
         log.info("pruning step %d: fine-tuned %d epoch(s)", step, ft.step_epochs)
     return finetune
 
@@ -98,13 +99,14 @@ def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneCo
     before = _figures(model, meta, (source / WEIGHTS_FILE).stat().st_size, _test_metrics(source, bundle))
     teacher = load_teacher(finetune.teacher, meta) if finetune.teacher else None
     distiller = Distiller(teacher, model, finetune.temperature, finetune.alpha, finetune.feature_weight,
-                          input_shape=meta.input_shape) if teacher is not None else None
+                          input_shape=meta.input_shape, hard_loss=get_task(meta.task).criterion(bundle)
+                          ) if teacher is not None else None
     if sparsity is not None:
         report = {"kind": "unstructured", **sparsify(model, sparsity)}
     else:
         calib = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in bundle.batches("train", 32, limit=256)]
         pr = prune(model, meta.input_shape, prune_config, calib=calib,
-                   finetune=_step_finetuner(bundle, finetune, distiller, execution))
+                   finetune=_step_finetuner(bundle, finetune, distiller, execution, get_task(meta.task)))
         report = {"kind": "structured", **pr.to_dict(), "config": dataclasses.asdict(prune_config)}
     meta.parent_sha256 = checkpoint_sha256(source)
     meta.compression = {"source": str(source), "prune": report, "before": before,
@@ -136,7 +138,7 @@ def _finish(out: Path, meta, model, before: dict, bundle) -> dict[str, Any]:
     after = _figures(best, meta, (out / WEIGHTS_FILE).stat().st_size, metrics)
     stored = read_json(out / META_FILE)
     stored["compression"]["after"] = after
-    acc_b, acc_a = before["test"]["accuracy"], after["test"]["accuracy"]
-    stored["compression"]["accuracy_drop_points"] = round((acc_b - acc_a) * 100, 3)
+    metric = get_task(meta.task).metric
+    stored["compression"][f"{metric}_drop_points"] = round((before["test"][metric] - after["test"][metric]) * 100, 3)
     write_json(out / META_FILE, stored)
     return stored["compression"]

@@ -17,15 +17,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from edgeres.artifacts import package_versions, scratch_dir, sha256_file, write_json
 from edgeres.checkpoint import ModelMeta, checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
-from edgeres.evaluate.classify import check_compatible
+from edgeres.evaluate.predict import check_compatible
 from edgeres.models.base import evaluating
+from edgeres.tasks import Task, get_task
 from edgeres.train.device import Execution, check_device, placed, resolve_execution
 from edgeres.train.loop import train_epoch
 
@@ -98,7 +98,7 @@ def quantization_aware_training(ckpt: str | Path, out_dir: str | Path, config: Q
         folded = fold_batchnorm(model)
         qmodel = _fake_quantize(model, calib)
     with _timed(seconds, "fine_tune"):
-        history = _fine_tune(qmodel, bundle, config, execution, progress)
+        history = _fine_tune(qmodel, bundle, config, execution, progress, get_task(meta.task))
     qmeta = _export_meta(meta, config, folded, samples)
     check = np.concatenate([x for x, _ in bundle.batches("val", 128)])
     with _timed(seconds, "export"):
@@ -164,7 +164,7 @@ def export_qat_openvino(qmodel: nn.Module, meta: ModelMeta, out_xml: Path, check
         reference = qmodel(torch.from_numpy(check)).numpy()
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
-    stats = _validate("OpenVINO", reference, ov.Core().compile_model(ov_model, "CPU")(check)[0])
+    stats = _validate("OpenVINO", reference, ov.Core().compile_model(ov_model, "CPU")(check)[0], meta)
     set_edgeres_info(ov_model, meta, {"precision": "int8", "source_sha256": source_sha256, "quantization": "qat",
                                       "openvino_version": ov.get_version(), "nncf_version": nncf.__version__})
     save_ir(ov_model, out_xml, compress_to_fp16=False)
@@ -193,7 +193,7 @@ def export_qat_onnx(qmodel: nn.Module, meta: ModelMeta, out: Path, check: np.nda
             # export_onnx's own check is the fp32 one; an int8 graph is judged on agreement below.
             record = export_onnx(native, meta, staged, validate=False, source_sha256=source_sha256)
         session = ort.InferenceSession(str(staged), providers=["CPUExecutionProvider"])
-        record["validation"] = _validate("ONNX", reference, session.run(None, {INPUT_NAME: check})[0])
+        record["validation"] = _validate("ONNX", reference, session.run(None, {INPUT_NAME: check})[0], meta)
         os.replace(staged, out)
     record.update(path=str(out), quantization="qat")
     return record
@@ -210,9 +210,9 @@ def _fake_quantize(model: nn.Module, calib: list[np.ndarray]) -> nn.Module:
 
 
 def _fine_tune(qmodel: nn.Module, bundle: Any, config: QATConfig, execution: Execution,
-               progress: Callable[..., None] | None) -> list[dict[str, Any]]:
-    """`config.epochs` of cross-entropy on the augmented training split, on `execution`'s device (back on the
-    CPU after, for export); the draws depend on seed and epoch."""
+               progress: Callable[..., None] | None, task: Task) -> list[dict[str, Any]]:
+    """`config.epochs` of the task's plain loss on the augmented training split, on `execution`'s device (back on
+    the CPU after, for export); the draws depend on seed and epoch."""
     torch.manual_seed(config.seed)
     history = []
     with placed(execution, qmodel):
@@ -223,11 +223,11 @@ def _fine_tune(qmodel: nn.Module, bundle: Any, config: QATConfig, execution: Exe
                                                  generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch),
                                                  pin_memory=execution.pin_memory)
             start = time.perf_counter()
-            loss, acc, seen = train_epoch(qmodel, loader, optimizer, lambda logits, y, x: F.cross_entropy(logits, y),
-                                          progress, execution)
-            history.append({"epoch": epoch + 1, "train_loss": loss, "train_accuracy": acc, "samples": seen,
+            loss, acc, seen = train_epoch(qmodel, loader, optimizer, task.criterion(bundle, execution.device),
+                                          progress, execution, task=task)
+            history.append({"epoch": epoch + 1, "train_loss": loss, f"train_{task.metric}": acc, "samples": seen,
                             "seconds": round(time.perf_counter() - start, 2)})
-            log.info("QAT epoch %d/%d  loss %.4f  acc %.4f", epoch + 1, config.epochs, loss, acc)
+            log.info("QAT epoch %d/%d  loss %.4f  %s %.4f", epoch + 1, config.epochs, loss, task.metric, acc)
     qmodel.eval()
     return history
 
@@ -246,24 +246,22 @@ def _post_training_int8(model: nn.Module, meta: ModelMeta, sha: str, calib: list
 
 
 def _accuracy(path: str, bundle: Any, backend: str | None = None) -> tuple[float, str]:
-    """Test-split top-1 of an artifact through its Runner, and the precision that Runner executes."""
+    """The test-split headline metric (top-1 for a classifier) of an artifact through its Runner, and the
+    precision that Runner executes."""
     from edgeres import runtime
-    from edgeres.evaluate.classify import evaluate_runner
+    from edgeres.evaluate.predict import evaluate_runner
 
     runner = runtime.load(path, backend=backend)
     metrics, _ = evaluate_runner(runner, bundle, splits=("test",))
-    return float(metrics["test"]["accuracy"]), runner.info.precision
+    return get_task(runner.meta.task).headline(metrics["test"]), runner.info.precision
 
 
-def _validate(what: str, reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+def _validate(what: str, reference: np.ndarray, candidate: np.ndarray, meta: ModelMeta) -> dict[str, Any]:
     """Judge a runtime's INT8 outputs against the fake-quantized torch model on the validation split."""
-    # Integer kernels requantize unlike the float simulation (OpenVINO and ONNX Runtime agree with each
-    # other more than with it), so low-margin predictions flip: a broken export shows in the cosine, and
-    # top-1 agreement gets more room than TOLERANCES["int8"] gives.
-    from edgeres.export.validate import Tolerance, compare_outputs, judge
-
-    stats = compare_outputs(reference, candidate)
-    reasons = judge(stats, Tolerance(max_abs_diff=None, min_cosine=0.95, min_top1_agreement=0.85))
+    task = get_task(meta.task)
+    stats = task.compare(reference, candidate)
+    # simulated: integer kernels requantize unlike the float simulation, so the task allows more room.
+    reasons = task.judge(stats, task.tolerance("int8", simulated=True))
     if reasons:
         raise RuntimeError(f"the QAT {what} export does not match the fake-quantized model: {'; '.join(reasons)}")
     return stats

@@ -1,4 +1,4 @@
-"""Evaluation: the metrics of any artifact, measured under its own runtime on its own test split."""
+"""Evaluation: the metrics of any artifact (its task's), measured under its own runtime on its own test split."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +8,8 @@ from typing import Any
 from edgeres.meta import checkpoint_dir, is_checkpoint
 from edgeres.data import DataConfig, load_data
 from edgeres.errors import UserInputError
-from edgeres.evaluate.classify import Predictions, evaluate_runner, predict, write_metrics
-from edgeres.evaluate.metrics import classification_metrics
+from edgeres.evaluate.predict import evaluate_runner, predict, write_metrics
+from edgeres.tasks import get_task
 
 
 def data_config_for(meta, data: str | None = None) -> DataConfig:
@@ -40,9 +40,9 @@ def evaluate_artifact(path: str | Path, data: str | None = None, out: str | Path
     runner = runtime.load(path, backend=backend, precision=precision, threads=threads)
     bundle = load_data(data_config_for(runner.meta, data))
     metrics, _ = evaluate_runner(runner, bundle, batch_size=batch_size, progress=progress)
-    written = write_metrics(metrics, runner.info.to_dict(), out or default_eval_dir(path), bundle.class_names)
+    written = write_metrics(metrics, runner.info.to_dict(), out or default_eval_dir(path), bundle.class_names,
+                            get_task(runner.meta.task))
     return metrics, written
 
 
-__all__ = ["Predictions", "classification_metrics", "data_config_for", "evaluate_artifact", "evaluate_runner",
-           "predict", "write_metrics"]
+__all__ = ["data_config_for", "evaluate_artifact", "evaluate_runner", "predict", "write_metrics"]

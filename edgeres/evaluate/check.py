@@ -16,8 +16,9 @@ from edgeres.checkpoint import checkpoint_sha256, is_checkpoint, load_meta
 from edgeres.data import load_data
 from edgeres.errors import UserInputError
 from edgeres.evaluate import data_config_for
-from edgeres.evaluate.classify import check_compatible, predict
 from edgeres.evaluate.gate import GateConfig, GateResult, check
+from edgeres.evaluate.predict import check_compatible, predict
+from edgeres.tasks import get_task
 
 log = logging.getLogger("edgeres")
 
@@ -87,6 +88,9 @@ def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateCon
 
     base = runtime.load(baseline, threads=threads)
     cand = runtime.load(candidate, threads=threads)
+    if cand.meta.task != base.meta.task:
+        raise UserInputError(f"the baseline is a {base.meta.task} model, the candidate a {cand.meta.task} one; "
+                             "the gate compares two models of one task")
     if list(base.meta.class_names or []) != list(cand.meta.class_names or []):
         raise UserInputError(f"baseline and candidate classify different classes: {base.meta.class_names} vs "
                              f"{cand.meta.class_names}")
@@ -103,7 +107,7 @@ def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateCon
         latency = runner_latency(cand, 1, warmup=10, runs=100, budget_s=10).summary()["p50_ms"]
     size = artifact_size(Path(candidate)) / 1e6 if config.max_size_mb is not None else None
     result = check(predict(base, bundle), predict(cand, bundle), bundle.class_names, config,
-                   candidate_latency_ms=latency, candidate_size_mb=size)
+                   candidate_latency_ms=latency, candidate_size_mb=size, task=get_task(base.meta.task))
     if unrelated:
         log.warning("%s (allowed by --allow-unrelated)", unrelated)
         result.warnings.append(f"{unrelated} (allowed by --allow-unrelated)")

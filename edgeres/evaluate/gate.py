@@ -27,7 +27,8 @@ import numpy as np
 
 from edgeres.artifacts import write_text
 from edgeres.errors import UserInputError
-from edgeres.evaluate.classify import Predictions
+from edgeres.meta import DEFAULT_TASK
+from edgeres.tasks import Task, get_task
 
 _EPS = 1e-9  # float slack so a drop computed as 0.5000000001 still counts as "at the limit"
 _BOOT_CHUNK = 4_000_000  # resampled indices held in memory at once (~16 MB of int32)
@@ -107,10 +108,15 @@ class GateResult:
         return d
 
 
-def check(baseline: Predictions, candidate: Predictions, class_names: list[str], config: GateConfig, *,
-          candidate_latency_ms: float | None = None, candidate_size_mb: float | None = None) -> GateResult:
-    """Compare a candidate with the baseline on the same test images and decide pass or fail."""
-    labels, right_b, right_c = _paired_correctness(baseline, candidate, class_names)
+def check(baseline: Any, candidate: Any, class_names: list[str], config: GateConfig, *,
+          candidate_latency_ms: float | None = None, candidate_size_mb: float | None = None,
+          task: Task | None = None) -> GateResult:
+    """Compare a candidate's predictions with the baseline's on the same test images and decide pass or fail.
+
+    task: whose predictions these are and what counts as right (default: classification, as in model.json).
+    """
+    paired = (task or get_task(DEFAULT_TASK)).paired(baseline, candidate, class_names)
+    labels, right_b, right_c = paired.labels, paired.baseline, paired.candidate
     n = len(labels)
     delta = 100.0 * (int(right_c.sum()) - int(right_b.sum())) / n
     ci = bootstrap_delta_ci(right_b, right_c, config.confidence, config.n_boot, config.seed)
@@ -198,33 +204,6 @@ def write_junit(result: GateResult, path: str | Path) -> Path:
         return write_text(path, text)
     except OSError as e:
         raise UserInputError(f"cannot write the JUnit report {path}: {e.strerror}") from None
-
-
-def _paired_correctness(baseline: Predictions, candidate: Predictions,
-                        class_names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels and per-image correctness of both models, after refusing inputs that are not paired."""
-    k = len(class_names)
-    if k < 2:
-        raise UserInputError(f"class_names must name at least 2 classes, got {class_names!r}")
-    for who, p in (("baseline", baseline), ("candidate", candidate)):
-        probs = np.asarray(p.probs)
-        if probs.ndim != 2 or probs.shape[1] != k or probs.shape[0] != len(p.labels):
-            raise UserInputError(f"{who} probabilities have shape {probs.shape}; expected "
-                                 f"({len(p.labels)}, {k}): one row per label, one column per class")
-    labels = np.asarray(baseline.labels)
-    if len(labels) == 0:
-        raise UserInputError("no test images: the gate needs predictions on at least one image")
-    if len(labels) != len(candidate.labels):
-        raise UserInputError(f"baseline has {len(labels)} predictions, candidate {len(candidate.labels)}; "
-                             "both must be evaluated on the same test images")
-    if not np.array_equal(labels, np.asarray(candidate.labels)):
-        mismatch = int((labels != np.asarray(candidate.labels)).sum())
-        raise UserInputError(f"labels differ at {mismatch} of {len(labels)} positions; both models must be "
-                             "evaluated on the same test images in the same order")
-    if labels.min() < 0 or labels.max() >= k:
-        raise UserInputError(f"labels must lie in 0..{k - 1} (one per class name), "
-                             f"found {labels.min()}..{labels.max()}")
-    return labels, baseline.predicted == labels, candidate.predicted == labels
 
 
 def _per_class_recall(labels: np.ndarray, right_b: np.ndarray, right_c: np.ndarray,

@@ -24,6 +24,8 @@ from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_v
                                sha256_file, write_json)
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
+from edgeres.models.base import named_outputs
+from edgeres.tasks import get_task
 
 log = logging.getLogger("edgeres")
 
@@ -78,7 +80,7 @@ class _Context:
     calib: list[np.ndarray]
     val_batch: np.ndarray
     val_pairs: list[tuple[np.ndarray, np.ndarray]]
-    reference: np.ndarray
+    reference: dict[str, np.ndarray]  # the PyTorch model's outputs on val_batch, by name
     config: ExportConfig
 
 
@@ -96,7 +98,7 @@ def _prepare(ckpt: str | Path, out: Path, config: ExportConfig) -> _Context:
     val_pairs = list(bundle.batches("val", 64)) if accuracy_control else []
     val_batch = next(bundle.batches("val", config.validate_size))[0]
     with torch.inference_mode():
-        reference = model(torch.from_numpy(val_batch)).numpy()
+        reference = {name: out.numpy() for name, out in named_outputs(model, torch.from_numpy(val_batch)).items()}
     root = _staging_root(out)
     (root / "work").mkdir(parents=True)
     (root / "set").mkdir()
@@ -166,15 +168,15 @@ def _swap_in(new_set: Path, out: Path) -> None:
 def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict[str, Any]:
     """Run a staged file through its edgeres Runner on real images and judge it against PyTorch."""
     from edgeres import runtime
-    from edgeres.export.validate import TOLERANCES, compare_outputs, judge
     from edgeres.runtime.base import run_any_batch
 
+    task = get_task(ctx.meta.task)
     # fp32 files are checked in true fp32: a bf16 default would hide a broken export behind rounding.
     runner = runtime.load(staged, backend=backend, precision="fp32" if precision == "fp32" else None)
-    stats = compare_outputs(ctx.reference, run_any_batch(runner, ctx.val_batch))
-    tolerance = TOLERANCES[precision]
+    stats = task.compare(ctx.reference, run_any_batch(runner, ctx.val_batch))
+    tolerance = task.tolerance(precision)
     return {**stats, "executed_precision": runner.info.precision, "tolerance": dataclasses.asdict(tolerance),
-            "failures": judge(stats, tolerance), "inputs": "validation split"}
+            "failures": task.judge(stats, tolerance), "inputs": "validation split"}
 
 
 def _add_to_set(staged: list[Path], new_set: Path, folder: str = ".") -> dict[str, str]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from edgeres.errors import UserInputError
+from edgeres.meta import DEFAULT_TASK
 
 
 class EdgeModel(nn.Module):
@@ -18,6 +19,10 @@ class EdgeModel(nn.Module):
     #: Stages whose outputs feature distillation may match, shallow to deep.
     feature_stages: tuple[str, ...] = ()
     classifier_name: str = "fc"
+    #: What the outputs mean: the name of the task (edgeres.tasks) that trains, scores and exports this model.
+    task: str = DEFAULT_TASK
+    #: forward's outputs in order, named as the exported graphs name them (torch outputs carry no names).
+    output_names: tuple[str, ...] = ("logits",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +49,15 @@ class EdgeModel(nn.Module):
         for name in self.frozen:
             getattr(self, name).eval()
         return self
+
+
+def named_outputs(model: EdgeModel, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`model(batch)` by the output names the model declares (forward returns one tensor or a tuple)."""
+    outputs = model(batch)
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    if len(outputs) != len(model.output_names):
+        raise ValueError(f"{type(model).__name__} returns {len(outputs)} outputs but names {model.output_names}")
+    return dict(zip(model.output_names, outputs))
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgeres.report.plots import plot_confusion, save_figure  # selects the Agg backend before pyplot loads
+from edgeres.plots import plot_confusion, save_figure  # selects the Agg backend before pyplot loads
 
 import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402

@@ -15,13 +15,15 @@ from typing import Any, Union
 from edgeres.artifacts import write_text
 from edgeres.bench.load import CONTENTION_SHARE
 from edgeres.errors import UserInputError
-from edgeres.report.charts import accuracy, engine_latency, p50_per_image, pareto_front, write_charts
+from edgeres.meta import DEFAULT_TASK
+from edgeres.report.charts import engine_latency, p50_per_image, pareto_front, write_charts
+from edgeres.tasks import Task, get_task
 
 MISSING = "–"
 TITLE = "edgeres benchmark report"
-SUMMARY_COLUMNS = ["artifact", "backend", "precision", "threads×batch", "size MB", "params", "MMACs", "p50 ms",
-                   "p99 ms", "img/s", "accuracy %", "speed-up", "Δ acc (points)", "runtime MB", "harness MB",
-                   "CPU contention"]
+_RUN_COLUMNS = ["artifact", "backend", "precision", "threads×batch", "size MB", "params", "MMACs", "p50 ms",
+                "p99 ms", "img/s"]
+_MEMORY_COLUMNS = ["runtime MB", "harness MB", "CPU contention"]
 _FIRST_NUMERIC = 4  # summary columns from here on are right-aligned
 MEMORY_NOTE = ("Memory: runtime MB is the peak resident memory of a process that imports only the runtime "
                "(ONNX Runtime, OpenVINO; torch for a checkpoint), loads the artifact and runs the benchmark batch, "
@@ -76,16 +78,32 @@ class Image:
 Block = Union[Heading, Para, Bullets, Table, Image]
 
 
+def summary_columns(task: Task) -> list[str]:
+    """The summary table's headers; the task names its metric and that metric's change."""
+    metric, delta = task.report_columns
+    return [*_RUN_COLUMNS, metric, "speed-up", delta, *_MEMORY_COLUMNS]
+
+
+def results_task(artifacts: list[dict[str, Any]]) -> Task:
+    """The one task of the measured artifacts (results.json written before tasks existed hold classifiers)."""
+    names = sorted({str(a.get("task") or DEFAULT_TASK) for a in artifacts})
+    if len(names) > 1:
+        raise UserInputError(f"the results mix tasks ({', '.join(names)}); their metrics do not share a column, "
+                             "so benchmark and report each task on its own")
+    return get_task(names[0])
+
+
 def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(columns, rows) of the summary table, one row per artifact, every cell a string ("–" if unknown)."""
     artifacts = _artifacts(results)
+    task = results_task(artifacts)
     base = _baseline(results, artifacts)
     base_img_ms = p50_per_image(base) if base else None
-    base_acc = accuracy(base) if base else None
+    base_acc = task.headline(base.get("metrics")) if base else None
     rows = []
     for a in artifacts:
         lat = engine_latency(a) or {}
-        acc = accuracy(a)
+        acc = task.headline(a.get("metrics"))
         img_ms = p50_per_image(a)
         speedup = base_img_ms / img_ms if base_img_ms and img_ms else None
         delta = 100.0 * (acc - base_acc) if acc is not None and base_acc is not None else None
@@ -97,7 +115,7 @@ def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             _fmt(lat.get("throughput_ips"), ",.1f"), _fmt(_scaled(acc, 0.01), ".2f"), _fmt(speedup, ".2f", "×"),
             _fmt(delta, "+.2f"), *_memory_cells(a), _contention_cell(a),
         ])
-    return list(SUMMARY_COLUMNS), rows
+    return summary_columns(task), rows
 
 
 def _memory_cells(artifact: dict[str, Any]) -> list[str]:
@@ -193,9 +211,11 @@ def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: li
         blocks.append(Para("Measured while other processes competed for the cores: " + ", ".join(busy) + ". Their "
                            "latencies say more about the load than about the artifact; re-measure on a quiet "
                            "machine before comparing them.", "warn"))
-    front = _latency_front(artifacts)
+    task = results_task(artifacts)
+    front = _latency_front(artifacts, task)
     if front:
-        blocks.append(Para("Pareto front (higher accuracy at lower p50 latency per image): " + ", ".join(front) + "."))
+        blocks.append(Para(f"Pareto front (higher {task.metric} at lower p50 latency per image): "
+                           + ", ".join(front) + "."))
     if results.get("gate"):
         blocks += _gate_blocks(results["gate"])
     if images:
@@ -233,8 +253,8 @@ def _environment_rows(env: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _latency_front(artifacts: list[dict[str, Any]]) -> list[str]:
-    pts = [(a["name"], p50_per_image(a), accuracy(a)) for a in artifacts]
+def _latency_front(artifacts: list[dict[str, Any]], task: Task) -> list[str]:
+    pts = [(a["name"], p50_per_image(a), task.headline(a.get("metrics"))) for a in artifacts]
     pts = [p for p in pts if p[1] is not None and p[2] is not None]
     return [pts[i][0] for i in pareto_front([(lat, acc) for _, lat, acc in pts])]
 

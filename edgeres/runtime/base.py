@@ -1,4 +1,4 @@
-"""The Runner interface every backend implements: numpy NCHW float32 in, numpy out."""
+"""The Runner interface every backend implements: numpy NCHW float32 in, numpy outputs by name out."""
 from __future__ import annotations
 
 import abc
@@ -9,6 +9,9 @@ import numpy as np
 
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
+
+#: A model's outputs by name, as the exported graph names them ("logits" for a classifier), like Polygraphy's runners.
+Outputs = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass
@@ -34,12 +37,12 @@ class Runner(abc.ABC):
     info: RunnerInfo
     meta: ModelMeta
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> Outputs:
         return self.run(self.check_input(batch))
 
     @abc.abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a batch already checked by `check_input`; return the model's raw outputs (logits)."""
+    def run(self, batch: np.ndarray) -> Outputs:
+        """Run a batch already checked by `check_input`; return the model's raw outputs by name."""
 
     def check_input(self, batch: np.ndarray) -> np.ndarray:
         """Refuse a wrong dtype, rank, channel count or size with a message naming the expected shape."""
@@ -56,14 +59,14 @@ class Runner(abc.ABC):
         return np.ascontiguousarray(batch)
 
 
-def run_any_batch(runner: Runner, batch: np.ndarray) -> np.ndarray:
+def run_any_batch(runner: Runner, batch: np.ndarray) -> Outputs:
     """Outputs for every row of `batch`; a fixed-batch runner gets chunks of its size, the last one padded."""
     fixed = runner.info.input_shape[0]
     if fixed is None or len(batch) == fixed:
         return runner(batch)
-    outputs = []
+    chunks = []
     for start in range(0, len(batch), fixed):
         chunk = batch[start:start + fixed]
         pad = np.repeat(chunk[-1:], fixed - len(chunk), axis=0)  # padding rows' outputs are dropped
-        outputs.append(runner(np.concatenate([chunk, pad]))[: len(chunk)])
-    return np.concatenate(outputs)
+        chunks.append({name: out[: len(chunk)] for name, out in runner(np.concatenate([chunk, pad])).items()})
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}

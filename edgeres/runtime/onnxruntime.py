@@ -15,7 +15,7 @@ import onnxruntime as ort
 from edgeres.artifacts import check_recorded_sha256
 from edgeres.errors import UserInputError
 from edgeres.export.onnx.convert import read_meta
-from edgeres.runtime.base import Runner, RunnerInfo
+from edgeres.runtime.base import Outputs, Runner, RunnerInfo
 
 # Ops whose presence means the graph computes in integers, whatever its float inputs and outputs.
 _INT8_OPS = frozenset({
@@ -64,6 +64,7 @@ class OnnxRuntimeRunner(Runner):
         graph_input = self.session.get_inputs()[0]
         self._input_name = graph_input.name
         self._input_dtype = np.float16 if graph_input.type == "tensor(float16)" else np.float32
+        self._output_names = [o.name for o in self.session.get_outputs()]
         self.info = RunnerInfo(
             backend="onnxruntime",
             precision=actual,
@@ -77,9 +78,9 @@ class OnnxRuntimeRunner(Runner):
                    "intra_op_threads": threads if threads is not None else "onnxruntime default"},
         )
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self._input_name: batch.astype(self._input_dtype, copy=False)})[0]
-        return np.asarray(out, dtype=np.float32)
+    def run(self, batch: np.ndarray) -> Outputs:
+        outs = self.session.run(None, {self._input_name: batch.astype(self._input_dtype, copy=False)})
+        return {name: np.asarray(out, dtype=np.float32) for name, out in zip(self._output_names, outs)}
 
 
 def _input_shape(dims: list[Any], fallback: tuple[int, int, int]) -> tuple[int | None, int, int, int]:

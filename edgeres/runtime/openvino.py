@@ -10,7 +10,7 @@ import numpy as np
 from edgeres.artifacts import check_recorded_sha256
 from edgeres.errors import UserInputError
 from edgeres.export.openvino.convert import check_ir_path, ir_precision, read_edgeres_info
-from edgeres.runtime.base import Runner, RunnerInfo
+from edgeres.runtime.base import Outputs, Runner, RunnerInfo
 
 log = logging.getLogger("edgeres")
 
@@ -54,6 +54,7 @@ class OpenVinoRunner(Runner):
         self._compiled = compiled
         # One request for the Runner's life: no per-call allocation, and inputs are shared, not copied.
         self._request = compiled.create_infer_request()
+        self._output_names = [o.get_any_name() for o in compiled.outputs]
         self.info = RunnerInfo(
             backend="openvino",
             precision=execution_precision(hint, int8=graph["int8"], fp16_weights=graph["fp16_weights"],
@@ -72,10 +73,10 @@ class OpenVinoRunner(Runner):
             },
         )
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         self._request.infer({0: batch}, share_inputs=True)
-        # The request's output buffer is overwritten by the next call: hand out a copy.
-        return self._request.get_output_tensor(0).data.copy()
+        # The request's output buffers are overwritten by the next call: hand out copies.
+        return {name: self._request.get_output_tensor(i).data.copy() for i, name in enumerate(self._output_names)}
 
 
 def execution_precision(hint: str, *, int8: bool, fp16_weights: bool, int8_weights: bool = False) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
-from edgeres.runtime.base import Runner, RunnerInfo
+from edgeres.runtime.base import Outputs, Runner, RunnerInfo
 
 
 def unavailable_reason() -> str | None:
@@ -82,7 +82,7 @@ class TensorRTRunner(Runner):
                                  f"(its optimization profile), got {len(batch)}")
         return batch
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         torch, trt = self._torch, self._trt
         x = torch.from_numpy(batch).cuda()
         if self.engine.get_tensor_dtype(self._input) == trt.DataType.HALF:
@@ -96,7 +96,7 @@ class TensorRTRunner(Runner):
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT failed to execute the engine")
         stream.synchronize()
-        return y.float().cpu().numpy()
+        return {self._output: y.float().cpu().numpy()}
 
 
 def _read_sidecar(path: Path) -> tuple[ModelMeta, str]:

@@ -8,7 +8,8 @@ import torch
 
 from edgeres.checkpoint import load_checkpoint
 from edgeres.errors import UserInputError
-from edgeres.runtime.base import Runner, RunnerInfo
+from edgeres.models.base import named_outputs
+from edgeres.runtime.base import Outputs, Runner, RunnerInfo
 
 
 class TorchRunner(Runner):
@@ -28,6 +29,6 @@ class TorchRunner(Runner):
             versions={"torch": torch.__version__},
         )
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: np.ndarray) -> Outputs:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).numpy()
+            return {name: out.numpy() for name, out in named_outputs(self.model, torch.from_numpy(batch)).items()}

@@ -1,4 +1,5 @@
-"""Classification training: seeded, resumable, early-stopping, DDP-ready, CPU or GPU; evaluation through a Runner."""
+"""Training for any task (its loss and score come from the task): seeded, resumable, early-stopping, DDP-ready,
+CPU or GPU; evaluation through a Runner."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,18 +7,22 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from edgeres import runtime
 from edgeres.artifacts import read_json, write_json
 from edgeres.checkpoint import META_FILE, ModelMeta, checkpoint_sha256, is_checkpoint, save_checkpoint
-from edgeres.data import DataBundle, class_weights, load_data, make_sampler
+from edgeres.data import DataBundle, load_data, make_sampler
 from edgeres.errors import UserInputError
+from edgeres.evaluate.predict import evaluate_runner, write_metrics
+from edgeres.meta import DEFAULT_TASK
 from edgeres.models import create
+from edgeres.plots import plot_training_curves
+from edgeres.tasks import Criterion, Task, get_task
 from edgeres.train.config import TrainConfig
 from edgeres.train.device import Execution, amp_dtype, placed
 from edgeres.train.distributed import DistContext, init_distributed, shutdown
@@ -25,9 +30,6 @@ from edgeres.train.state import load_state, save_state
 from edgeres.ui import progress_bar
 
 log = logging.getLogger("edgeres")
-
-#: criterion(logits, targets, images) -> loss; distillation passes one that also asks a teacher.
-Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclasses.dataclass
@@ -78,15 +80,17 @@ def _train_loader(cfg: TrainConfig, bundle: DataBundle, ctx: DistContext, epoch:
 
 def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progress=None,
                 execution: Execution = Execution(), scaler: torch.amp.GradScaler | None = None,
-                ) -> tuple[float, float, int]:
-    """One pass over `loader`; returns mean loss, accuracy on the (augmented) batches, and images seen.
+                task: Task | None = None) -> tuple[float, float, int]:
+    """One pass over `loader`; returns mean loss, the task's metric on the (augmented) batches, and images seen.
 
     execution: the device the model (and criterion) sit on, where batches go, and the autocast dtype.
     scaler: fp16 loss scaling kept across epochs (default: a fresh one, as `execution` needs it).
+    task: what scores a batch (default: classification's top-1 accuracy).
     """
     scaler = scaler or execution.grad_scaler()  # disabled (a pass-through) unless fp16
+    task = task or get_task(DEFAULT_TASK)
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, score, seen = 0.0, 0.0, 0
     for images, targets in loader:
         images, targets = execution.move(images), execution.move(targets)
         with execution.autocast():
@@ -98,27 +102,28 @@ def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progr
         scaler.update()
         n = len(targets)
         total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == targets).sum())
+        score += task.batch_score(logits, targets)
         seen += n
         if progress is not None:
             progress(n, loss=loss.item())
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+    return total_loss / max(seen, 1), score / max(seen, 1), seen
 
 
 @torch.no_grad()
-def validate(model: nn.Module, bundle: DataBundle, batch_size: int,
-             execution: Execution = Execution()) -> tuple[float, float]:
-    """Cross-entropy and accuracy on the validation split, un-augmented, where and as the model trains."""
+def validate(model: nn.Module, bundle: DataBundle, batch_size: int, execution: Execution = Execution(),
+             task: Task | None = None) -> tuple[float, float]:
+    """The task's plain loss and metric on the validation split, un-augmented, where and as the model trains."""
+    task = task or get_task(DEFAULT_TASK)
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, score, seen = 0.0, 0.0, 0
     for x, y in bundle.batches("val", batch_size):
         with execution.autocast():
             logits = model(execution.move(torch.from_numpy(x)))
         target = execution.move(torch.from_numpy(y).long())
-        total_loss += F.cross_entropy(logits, target, reduction="sum").item()
-        correct += int((logits.argmax(1) == target).sum())
+        total_loss += task.loss_sum(logits, target).item()
+        score += task.batch_score(logits, target)
         seen += len(y)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    return total_loss / max(seen, 1), score / max(seen, 1)
 
 
 def _prepare_out(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -140,19 +145,11 @@ def _prepare_out(cfg: TrainConfig) -> dict[str, Any] | None:
     return None
 
 
-def make_meta(cfg: TrainConfig, bundle: DataBundle, parent: str | None = None) -> ModelMeta:
+def make_meta(cfg: TrainConfig, bundle: DataBundle, parent: str | None = None, task: str = DEFAULT_TASK) -> ModelMeta:
     return ModelMeta(arch=cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
                      arch_kwargs=dict(cfg.model_kwargs), img_size=bundle.img_size, mean=tuple(bundle.mean),
-                     std=tuple(bundle.std), class_names=list(bundle.class_names), data=bundle.config.to_dict(),
-                     parent_sha256=parent)
-
-
-def default_criterion(cfg: TrainConfig, bundle: DataBundle, device: torch.device = torch.device("cpu")) -> Criterion:
-    """Cross-entropy with the config's label smoothing and (balance='loss') class weights on `device`."""
-    weight = class_weights(bundle.labels("train"), len(bundle.class_names)) if cfg.balance == "loss" else None
-    weight = weight.to(device) if weight is not None else None
-    ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    return lambda logits, targets, images: ce(logits, targets)
+                     std=tuple(bundle.std), class_names=list(bundle.class_names), task=task,
+                     data=bundle.config.to_dict(), parent_sha256=parent)
 
 
 def train(cfg: TrainConfig, model: nn.Module | None = None, criterion: Criterion | None = None,
@@ -180,8 +177,10 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
         model = create(cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
                        weights=cfg.weights, freeze=cfg.freeze, **cfg.model_kwargs)
     parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
-    meta = meta or make_meta(cfg, bundle, parent)
-    criterion = criterion or default_criterion(cfg, bundle, execution.device)
+    # A model from outside the zoo declares no task: it is a classifier, as every model was before tasks.
+    meta = meta or make_meta(cfg, bundle, parent, getattr(model, "task", DEFAULT_TASK))
+    criterion = criterion or get_task(meta.task).criterion(
+        bundle, execution.device, label_smoothing=cfg.label_smoothing, class_weighted=cfg.balance == "loss")
     # Weights are created (and saved) on the CPU; only the epochs run on the device.
     with placed(execution, model, criterion if isinstance(criterion, nn.Module) else None):
         history, best, stopped_early = _fit(cfg, ctx, execution, model, criterion, meta, bundle, state)
@@ -207,6 +206,7 @@ def _restore(state: dict[str, Any], model: nn.Module, optimizer, scheduler, crit
 def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Module, criterion: Criterion,
          meta: ModelMeta, bundle: DataBundle, state: dict[str, Any] | None) -> tuple[list, dict, bool]:
     """The epochs, with `model` and `criterion` already on `execution.device`; returns history, best, stopped early."""
+    task = get_task(meta.task)
     optimizer, scheduler = _build_optimizer(cfg, model, criterion)
     scaler = execution.grad_scaler()
     history: list[dict[str, Any]] = []
@@ -227,17 +227,18 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
         loader = _train_loader(cfg, bundle, ctx, epoch)
         with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader.sampler),
                           enabled=ctx.is_main) as advance:
-            train_loss, train_acc, seen = train_epoch(net, loader, optimizer, criterion, advance, execution, scaler)
-        train_loss, train_acc = ctx.all_reduce_mean(train_loss), ctx.all_reduce_mean(train_acc)
-        val_loss, val_acc = validate(model, bundle, max(cfg.batch_size, 128), execution)
+            train_loss, train_score, seen = train_epoch(net, loader, optimizer, criterion, advance, execution, scaler,
+                                                        task)
+        train_loss, train_score = ctx.all_reduce_mean(train_loss), ctx.all_reduce_mean(train_score)
+        val_loss, val_score = validate(model, bundle, max(cfg.batch_size, 128), execution, task)
         lr = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_loss)
         elif scheduler is not None:
             scheduler.step()
-        row = dict(epoch=epoch + 1, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                   val_accuracy=val_acc, lr=lr, samples_per_process=seen,
-                   seconds=round(time.perf_counter() - t0, 3))
+        row = {"epoch": epoch + 1, "train_loss": train_loss, f"train_{task.metric}": train_score,
+               "val_loss": val_loss, f"val_{task.metric}": val_score, "lr": lr, "samples_per_process": seen,
+               "seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
         improved = val_loss < best["val_loss"]
         if improved:
@@ -245,9 +246,9 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
         else:
             bad_epochs += 1
         if ctx.is_main:
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2e  %.1fs%s",
-                     epoch + 1, cfg.epochs, train_loss, train_acc, val_loss, val_acc, lr, row["seconds"],
-                     "  *best" if improved else "")
+            log.info("epoch %d/%d  train loss %.4f %s %.4f  val loss %.4f %s %.4f  lr %.2e  %.1fs%s",
+                     epoch + 1, cfg.epochs, train_loss, task.metric, train_score, val_loss, task.metric, val_score,
+                     lr, row["seconds"], "  *best" if improved else "")
             if improved:
                 meta.history = {"best_epoch": epoch + 1, "epochs": history}
                 save_checkpoint(model, meta, cfg.out_dir)  # copies the weights to the CPU
@@ -266,18 +267,15 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
 
 def finalize_run(out_dir: Path, history: list[dict[str, Any]], bundle: DataBundle) -> dict[str, Any]:
     """Evaluate the best checkpoint through the same Runner `edgeres eval` uses; record metrics and plots."""
-    from edgeres import runtime
-    from edgeres.evaluate.classify import evaluate_runner, write_metrics
-    from edgeres.report.plots import plot_training_curves
-
     runner = runtime.load(out_dir, backend="torch")
+    task = get_task(runner.meta.task)
     metrics, _ = evaluate_runner(runner, bundle)
-    write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names)
+    write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names, task)
     if history:
-        plot_training_curves(history, out_dir / "curves.png")
+        plot_training_curves(history, out_dir / "curves.png", task.metric)
     write_json(out_dir / "history.json", history)
     meta = read_json(out_dir / META_FILE)
-    meta["metrics"] = {split: {k: m[k] for k in ("accuracy", "macro_f1", "auc", "n")} for split, m in metrics.items()}
+    meta["metrics"] = {split: {**task.summary(m), "n": m["n"]} for split, m in metrics.items()}
     write_json(out_dir / META_FILE, meta)
     return metrics
 

@@ -39,16 +39,16 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: list[str], p
     return save_figure(fig, path)
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
-    """Loss and accuracy per epoch for train and validation."""
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path, metric: str = "accuracy") -> Path:
+    """Loss and `metric` (history's `train_<metric>`, `val_<metric>`) per epoch for train and validation."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
         if history and f"{split}_loss" in history[0]:
             ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
-        if history and f"{split}_accuracy" in history[0]:
-            ax_acc.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        if history and f"{split}_{metric}" in history[0]:
+            ax_acc.plot(epochs, [h[f"{split}_{metric}"] for h in history], marker="o", label=split)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, metric)):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)

@@ -1,0 +1,117 @@
+"""Classification: one logit per class. Top-1 decides, accuracy is the headline, cross-entropy the loss."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from edgeres.errors import UserInputError
+from edgeres.plots import plot_confusion
+from edgeres.tasks.base import Criterion, Paired, Task
+from edgeres.tasks.classify_compare import (QAT_TOLERANCE, TOLERANCES, ClassifierOutputs, Tolerance, compare_outputs,
+                                            judge, logits)
+from edgeres.tasks.classify_metrics import classification_metrics, softmax
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Labels and class probabilities of one split, in dataset order (the gate pairs them)."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+
+class Classification(Task):
+    """Image classification over `class_names`."""
+
+    name = "classification"
+    metric = "accuracy"
+    summary_keys = ("accuracy", "macro_f1", "auc")
+    report_columns = ("accuracy %", "Δ acc (points)")
+
+    # torch is imported by the two loss methods alone: the report and readers of exported files use this
+    # task where torch may not be installed, and training has torch loaded already.
+    def criterion(self, bundle: Any, device: Any = "cpu", *, label_smoothing: float = 0.0,
+                  class_weighted: bool = False) -> Criterion:
+        """Cross-entropy with label smoothing and (class_weighted) inverse-frequency class weights on `device`."""
+        from torch import nn
+
+        from edgeres.data import class_weights
+
+        weight = class_weights(bundle.labels("train"), len(bundle.class_names)).to(device) if class_weighted else None
+        ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        return lambda outputs, targets, images: ce(outputs, targets)
+
+    def loss_sum(self, outputs: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+        """Un-weighted cross-entropy, summed over the batch."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(outputs, targets, reduction="sum")
+
+    def batch_score(self, outputs: "torch.Tensor", targets: "torch.Tensor") -> float:
+        """How many samples' top-1 class is right."""
+        return int((outputs.argmax(1) == targets).sum())
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The "logits" output to class probabilities (float64, so near-ties rank as the logits do)."""
+        return softmax(np.asarray(logits(outputs), dtype=np.float64))
+
+    def collect(self, labels: list[np.ndarray], predictions: list[np.ndarray]) -> Predictions:
+        return Predictions(np.concatenate(labels), np.concatenate(predictions))
+
+    def metrics(self, predictions: Predictions, class_names: list[str]) -> dict[str, Any]:
+        return classification_metrics(predictions.labels, predictions.probs, class_names)
+
+    def write_plots(self, metrics: dict[str, dict[str, Any]], out: Path, class_names: list[str]) -> list[Path]:
+        """A confusion matrix per split."""
+        return [plot_confusion(m["confusion"], class_names, out / f"confusion_{split}.png", title=f"Confusion ({split})")
+                for split, m in metrics.items()]
+
+    def compare(self, reference: ClassifierOutputs, candidate: ClassifierOutputs) -> dict[str, Any]:
+        return compare_outputs(reference, candidate)
+
+    def tolerance(self, precision: str, *, simulated: bool = False) -> Tolerance:
+        return QAT_TOLERANCE if simulated else TOLERANCES[precision]
+
+    def judge(self, stats: dict[str, Any], tolerance: Tolerance) -> list[str]:
+        return judge(stats, tolerance)
+
+    def paired(self, baseline: Predictions, candidate: Predictions, class_names: list[str]) -> Paired:
+        """Per-image correctness of both models, after refusing inputs that are not paired."""
+        k = len(class_names)
+        if k < 2:
+            raise UserInputError(f"class_names must name at least 2 classes, got {class_names!r}")
+        for who, p in (("baseline", baseline), ("candidate", candidate)):
+            probs = np.asarray(p.probs)
+            if probs.ndim != 2 or probs.shape[1] != k or probs.shape[0] != len(p.labels):
+                raise UserInputError(f"{who} probabilities have shape {probs.shape}; expected "
+                                     f"({len(p.labels)}, {k}): one row per label, one column per class")
+        labels = _paired_labels(baseline.labels, candidate.labels)
+        if labels.min() < 0 or labels.max() >= k:
+            raise UserInputError(f"labels must lie in 0..{k - 1} (one per class name), "
+                                 f"found {labels.min()}..{labels.max()}")
+        return Paired(labels, baseline.predicted == labels, candidate.predicted == labels)
+
+
+def _paired_labels(baseline: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """The shared labels of two evaluations, refused unless both saw the same images in the same order."""
+    labels = np.asarray(baseline)
+    if len(labels) == 0:
+        raise UserInputError("no test images: the gate needs predictions on at least one image")
+    if len(labels) != len(candidate):
+        raise UserInputError(f"baseline has {len(labels)} predictions, candidate {len(candidate)}; "
+                             "both must be evaluated on the same test images")
+    if not np.array_equal(labels, np.asarray(candidate)):
+        mismatch = int((labels != np.asarray(candidate)).sum())
+        raise UserInputError(f"labels differ at {mismatch} of {len(labels)} positions; both models must be "
+                             "evaluated on the same test images in the same order")
+    return labels
