@@ -77,6 +77,21 @@ def test_plain_runtimes_load_exports_without_edgeres(exported, tiny_checkpoint, 
     assert json.loads(res.stdout) == runner(x)["logits"].argmax(1).tolist()
 
 
+@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8.xml"])
+def test_runners_over_exported_files_need_no_torch(exported, name):
+    # A deploy bundle runs where torch is not installed: the Runner and the metadata readers must not import it.
+    out, _ = exported
+    code = ("import sys, numpy as np, edgeres.runtime as rt\n"
+            f"r = rt.load({str(out / name)!r})\n"
+            "n, c, h, w = r.info.input_shape\n"
+            "y = r(np.zeros((n or 1, c, h, w), np.float32))['logits']\n"
+            "print(y.shape[1], r.meta.num_classes, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    classes, num_classes, torch_loaded = res.stdout.split()
+    assert classes == num_classes == "10" and torch_loaded == "False"
+
+
 def test_failed_validation_is_not_left_looking_finished(tiny_checkpoint, tmp_path, monkeypatch):
     from edgeres.export import validate
 

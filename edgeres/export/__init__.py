@@ -24,7 +24,9 @@ from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_v
                                sha256_file, write_json)
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
+from edgeres import runtime
 from edgeres.models.base import named_outputs
+from edgeres.runtime.base import run_any_batch
 from edgeres.tasks import get_task
 
 log = logging.getLogger("edgeres")
@@ -167,9 +169,6 @@ def _swap_in(new_set: Path, out: Path) -> None:
 
 def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict[str, Any]:
     """Run a staged file through its edgeres Runner on real images and judge it against PyTorch."""
-    from edgeres import runtime
-    from edgeres.runtime.base import run_any_batch
-
     task = get_task(ctx.meta.task)
     # fp32 files are checked in true fp32: a bf16 default would hide a broken export behind rounding.
     runner = runtime.load(staged, backend=backend, precision="fp32" if precision == "fp32" else None)

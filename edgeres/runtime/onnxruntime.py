@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from edgeres.artifacts import check_recorded_sha256
 from edgeres.errors import UserInputError
-from edgeres.export.onnx.convert import read_meta
+from edgeres.runtime.embedded import read_meta
 from edgeres.runtime.base import Outputs, Runner, RunnerInfo
 
 # Ops whose presence means the graph computes in integers, whatever its float inputs and outputs.

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeres.artifacts import check_recorded_sha256
 from edgeres.errors import UserInputError
-from edgeres.export.openvino.convert import check_ir_path, ir_precision, read_edgeres_info
+from edgeres.runtime.embedded import check_ir_path, ir_precision, read_edgeres_info
 from edgeres.runtime.base import Outputs, Runner, RunnerInfo
 
 log = logging.getLogger("edgeres")

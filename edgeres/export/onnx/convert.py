@@ -15,10 +15,8 @@ from edgeres.artifacts import atomic_path, sha256_file
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
 from edgeres.models.base import evaluating
+from edgeres.runtime.embedded import INPUT_NAME, META_KEY, OUTPUT_NAME, read_meta, read_onnx_meta
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-META_KEY = "edgeres"
 EXPORTERS = ("torchscript", "dynamo")
 # The dynamo exporter has no translations below opset 18 and cannot always convert down.
 _DYNAMO_MIN_OPSET = 18
@@ -73,28 +71,6 @@ def export_onnx(
             record["validation"] = _validate(tmp_path, check.numpy(), reference)
     record.update(path=str(out), bytes=out.stat().st_size, sha256=sha256_file(out))
     return record
-
-
-def read_meta(props: dict[str, str], path: str | Path) -> ModelMeta:
-    """The ModelMeta stored in an export's metadata_props; UserInputError when it is absent or bad."""
-    if META_KEY not in props:
-        present = sorted(props) or "none"
-        raise UserInputError(
-            f"{path}: not an edgeres ONNX export: metadata key {META_KEY!r} is missing "
-            f"(metadata keys present: {present}); export it with edgeres.export.onnx.export_onnx"
-        )
-    try:
-        return ModelMeta.from_dict(json.loads(props[META_KEY]), source=f"{path} (its embedded model.json)")
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"{path}: metadata key {META_KEY!r} is not valid JSON ({e})") from e
-
-
-def read_onnx_meta(path: str | Path) -> ModelMeta:
-    """Read the ModelMeta of an edgeres ONNX file without loading its weights."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return read_meta({p.key: p.value for p in proto.metadata_props}, path)
 
 
 def _torch_export(model: nn.Module, sample: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool,

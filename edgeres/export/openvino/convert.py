@@ -14,11 +14,10 @@ from torch import nn
 from edgeres.artifacts import scratch_dir
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
+from edgeres.runtime.embedded import (INPUT_NAME, LOW_BIT_TYPES, OUTPUT_NAME, RT_KEY, check_ir_path, ir_precision,
+                                       read_edgeres_info, xml_path)
 
 PRECISIONS = ("fp32", "fp16")
-RT_KEY = "edgeres"  # rt_info section: edgeres/meta (JSON of ModelMeta.to_dict()), edgeres/source_sha256, ...
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-_LOW_BIT_TYPES = {"i8", "u8", "i4", "u4"}
 WEIGHTED_OPS = {"Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"}
 # Ops a quantizer passes through unchanged; they lose their input FakeQuantize when a neighbour is
 # reverted, but NNCF does not count them as reverted operations.
@@ -82,21 +81,6 @@ def set_edgeres_info(ov_model: Any, meta: ModelMeta, fields: dict[str, Any]) -> 
         ov_model.set_rt_info("" if value is None else str(value), [RT_KEY, key])
 
 
-def read_edgeres_info(ov_model: Any, path: str | Path = "model") -> tuple[ModelMeta, dict[str, str | None]]:
-    """The ModelMeta and other edgeres fields stored in an IR; UserInputError when it has none."""
-    if not ov_model.has_rt_info([RT_KEY, "meta"]):
-        raise UserInputError(f"{path}: not an edgeres export (its rt_info has no '{RT_KEY}/meta' entry); "
-                             "export the checkpoint with `edgeres export --to openvino`")
-    try:
-        meta = ModelMeta.from_dict(json.loads(ov_model.get_rt_info([RT_KEY, "meta"]).astype(str)),
-                                   source=f"{path} (its embedded model.json)")
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"{path}: the edgeres metadata in its rt_info is not valid JSON ({e})") from e
-    section = ov_model.get_rt_info()[RT_KEY]
-    fields = {key: value.astype(str) for key, value in section.items() if key != "meta"}
-    return meta, {key: value or None for key, value in fields.items()}
-
-
 def save_ir(ov_model: Any, out_xml: Path, *, compress_to_fp16: bool) -> None:
     """Save .xml + .bin so that an interrupted save never leaves an .xml pointing at a wrong .bin."""
     import openvino as ov
@@ -109,37 +93,6 @@ def save_ir(ov_model: Any, out_xml: Path, *, compress_to_fp16: bool) -> None:
         out_xml.unlink(missing_ok=True)
         os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
         os.replace(tmp_xml, out_xml)
-
-
-def check_ir_path(path: str | Path) -> Path:
-    """`path` as an existing IR: an .xml file with its .bin beside it, else UserInputError."""
-    xml = xml_path(path)
-    for p in (xml, xml.with_suffix(".bin")):
-        if not p.is_file():
-            raise UserInputError(f"{p}: no such file (an OpenVINO IR is an .xml with its .bin beside it)")
-    return xml
-
-
-def xml_path(path: str | Path) -> Path:
-    """`path` if it names an .xml file (existing or not), else UserInputError."""
-    p = Path(path)
-    if p.suffix != ".xml":
-        raise UserInputError(f"{path}: an OpenVINO IR path must end in .xml (its weights go beside it in .bin)")
-    return p
-
-
-def ir_precision(model: Any) -> dict[str, bool]:
-    """What the IR's graph holds: FakeQuantize (int8), fp16 weight constants, low-bit weight constants."""
-    int8 = fp16 = low_bit = False
-    for op in model.get_ops():
-        kind = op.get_type_name()
-        if kind == "FakeQuantize":
-            int8 = True
-        elif kind == "Constant":
-            etype = op.get_element_type().get_type_name()
-            fp16 = fp16 or etype == "f16"
-            low_bit = low_bit or etype in _LOW_BIT_TYPES
-    return {"int8": int8, "fp16_weights": fp16, "int8_weights": low_bit and not int8}
 
 
 def quantized_ops(ov_model: Any, agnostic: bool = True) -> set[str]:
@@ -181,4 +134,4 @@ def _is_dequantize(node: Any) -> bool:
 
 
 def _is_low_bit_constant(node: Any) -> bool:
-    return node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in _LOW_BIT_TYPES
+    return node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in LOW_BIT_TYPES
