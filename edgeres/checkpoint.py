@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from edgeres.artifacts import atomic_path, read_user_document, sha256_file, write_json
 from edgeres.errors import UserInputError
 # The file layout and ModelMeta live in the torch-free edgeres.meta; re-exported here for existing imports.
 from edgeres.meta import FORMAT_VERSION, META_FILE, WEIGHTS_FILE, ModelMeta, checkpoint_dir, is_checkpoint
+from edgeres.models import create
+from edgeres.models.reshape import reshape_to
+from edgeres.models.weights import read_safetensors
 
 __all__ = ["FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "ModelMeta", "build_model", "checkpoint_dir",
            "checkpoint_sha256", "is_checkpoint", "load", "load_checkpoint", "load_meta", "pruned_shapes",
@@ -22,8 +24,6 @@ __all__ = ["FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "ModelMeta", "build_mo
 
 def pruned_shapes(model: nn.Module, meta: ModelMeta) -> dict[str, list[int]] | None:
     """Shapes of the tensors whose size differs from a freshly built model of the same arch."""
-    from edgeres.models import create
-
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost on every save
         reference = create(meta.arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.arch_kwargs)
     ref = reference.state_dict()
@@ -51,20 +51,8 @@ def load_meta(path: str | Path) -> ModelMeta:
                                                   "model fields, as edgeres writes it"), source=str(file))
 
 
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file; an empty, truncated or foreign file is a UserInputError naming it."""
-    try:
-        return load_file(str(path))
-    except SafetensorError as e:  # the reason names the broken part of the format, never the file's bytes
-        raise UserInputError(f"{path}: truncated or corrupt safetensors file ({e}); copy it again or re-save "
-                             "the checkpoint") from None
-
-
 def build_model(meta: ModelMeta) -> nn.Module:
     """Build the architecture a checkpoint describes, resized to its pruned shapes, without weights."""
-    from edgeres.models import create
-    from edgeres.models.reshape import reshape_to
-
     model = create(meta.arch, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.arch_kwargs)
     if meta.pruned_shapes:
         reshape_to(model, meta.pruned_shapes)

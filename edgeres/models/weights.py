@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from edgeres.checkpoint import read_safetensors
 from edgeres.errors import UserInputError
 from edgeres.meta import WEIGHTS_FILE, is_checkpoint
 
@@ -34,6 +35,15 @@ class LoadReport:
         if self.adapted:
             parts.append(f"adapted {', '.join(self.adapted)} to the input channel count")
         return "; ".join(parts)
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; an empty, truncated or foreign file is a UserInputError naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:  # the reason names the broken part of the format, never the file's bytes
+        raise UserInputError(f"{path}: truncated or corrupt safetensors file ({e}); copy it again or re-save "
+                             "the checkpoint") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
