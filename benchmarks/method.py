@@ -30,13 +30,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgeres.artifacts import package_versions
 from edgeres.bench.latency import time_calls
 from edgeres.bench.load import LoadMonitor
+from edgeres.bench.run import cpu_info
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
-ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 DRAWS = 4000
 METHOD = ("interleaved rounds (one untimed call + a timed block per contender per round, order reversed every "
           "other round); ratio_p50: median over rounds of the per-round ratio of block p50s; ratio_p50_ci95: "
@@ -81,30 +82,15 @@ def out_path(args: argparse.Namespace, name: str) -> Path:
 
 def machine_info() -> dict[str, Any]:
     """CPU model, logical CPUs, the ISA flags that decide int8/bf16 kernels, platform and load average."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags],
+    cpu, isa = cpu_info()
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "isa": isa,
             "loadavg_1_5_15": [round(v, 2) for v in os.getloadavg()], "platform": platform.platform()}
 
 
 def versions() -> dict[str, str]:
     """Versions of everything that can change a figure (packages not installed are left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("edgeres", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
+    return {"python": platform.python_version(), **package_versions(
+        ("edgeres", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning"))}
 
 
 # ---------------------------------------------------------------- timing

@@ -38,20 +38,29 @@ class BenchConfig:
             raise UserInputError(f"runs must be >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
 
 
-def cpu_model() -> str:
+# The ISA extensions that decide which int8/bf16 kernels a runtime can use: a figure means little without them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU model name and which of ISA_FLAGS it has (from /proc/cpuinfo; the platform's name elsewhere)."""
+    model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return model or platform.processor() or platform.machine(), [f for f in ISA_FLAGS if f in flags]
 
 
 def environment() -> dict[str, Any]:
     """The machine and software a measurement belongs to."""
     versions = package_versions()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+    cpu, isa = cpu_info()
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 

@@ -249,6 +249,7 @@ def _gate_blocks(gate: dict[str, Any]) -> list[Block]:
 
 def _environment_rows(env: dict[str, Any]) -> list[list[str]]:
     rows = [[key, _fmt(env.get(key), "")] for key in ("cpu", "cores", "python", "created")]
+    rows.insert(1, ["ISA", ", ".join(env.get("isa") or []) or "-"])  # which int8/bf16 kernels the figures had
     rows += [[name, _fmt(version, "")] for name, version in sorted((env.get("versions") or {}).items())]
     return rows
 
