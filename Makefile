@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo detect-demo test test-fast install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m edgeres.demo
+
+detect-demo: $(STAMP)
+	$(BIN)/python -m edgeres.demo detect-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,7 +10,7 @@ import typer
 
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
-from edgeres.meta import MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
+from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
 from edgeres.ui import console, fail, print_table, progress_bar, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -33,9 +33,11 @@ def _split(text: Optional[str]) -> Optional[tuple[float, float, float]]:
 def models_cmd(
     pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. '*se*'."),
     img_size: int = typer.Option(224, min=MIN_IMG_SIZE, max=MAX_IMG_SIZE, help="Input size at which MACs are counted."),
-    num_classes: int = typer.Option(1000, min=1, max=MAX_NUM_CLASSES, help="Classifier size for the parameter count."),
+    num_classes: int = typer.Option(1000, min=1, max=MAX_NUM_CLASSES,
+                                    help="Classes for the parameter count (1000 as ImageNet; 80 compares detectors "
+                                         "with COCO models)."),
 ) -> None:
-    """List model variants with their parameters and MACs."""
+    """List model variants with their task, parameters and MACs (detectors beside a published reference)."""
     import torch
 
     from edgeres.bench.profile import count_macs, count_params
@@ -44,20 +46,24 @@ def models_cmd(
     names = list_models(pattern)
     if not names:
         raise UserInputError(f"no model matches {pattern!r}; `edgeres models` lists them all")
-    rows = []
+    rows, references = [], set()
     with progress_bar("counting", total=len(names)) as advance:
         for name in names:
             with torch.device("meta"):  # shapes only: no memory or initialisation, even at 4096 px
                 m = create(name, num_classes=num_classes)
-                rows.append((name, count_params(m), count_macs(m, (3, img_size, img_size)) / 1e6))
+                rows.append((name, m.task, count_params(m), count_macs(m, (3, img_size, img_size)) / 1e6))
+            references.add(getattr(m, "scale_reference", None))
             advance(1)
-    print_table(f"models at {img_size}x{img_size}, {num_classes} classes", ["name", "params", "MMACs"], rows)
+    # Published models for scale, with their own class count (not this table's).
+    rows += [(ref, "", params, None) for ref, params in sorted(r for r in references if r)]
+    print_table(f"models at {img_size}x{img_size}, {num_classes} classes", ["name", "task", "params", "MMACs"], rows)
 
 
 @app.command("train")
 def train_cmd(
     model: str = typer.Option(..., "--model", "-m", help="Variant name (see `edgeres models`)."),
-    data: str = typer.Option(..., "--data", "-d", help="'digits', 'shapes' or an image folder."),
+    data: str = typer.Option(..., "--data", "-d", help="'digits', 'shapes', 'shapes-det', an image folder, "
+                                                       "a YOLO data.yaml or folder, or a COCO json."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory for the checkpoint and metrics."),
     epochs: int = typer.Option(10, help="Training epochs."),
     img_size: int = typer.Option(64, help="Input images are resized to this square size."),
@@ -79,7 +85,7 @@ def train_cmd(
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, help="Mixed precision: bf16 or fp16 on a GPU, bf16 on a CPU with native bf16."),
 ) -> None:
-    """Train a classifier; the best checkpoint and its test metrics go to --out."""
+    """Train a classifier or a detector (the model decides); the best checkpoint and its test metrics go to --out."""
     from edgeres.data import DataConfig
     from edgeres.train.config import TrainConfig
     from edgeres.train.loop import train
@@ -92,14 +98,25 @@ def train_cmd(
                       resume=resume, device=device, amp=amp)
     result = train(cfg)
     if result.metrics:
-        _metrics_table(f"{model} -> {out}", result.metrics)
-        console.print(f"best epoch {result.best_epoch}; wrote {out}/model.safetensors, model.json, metrics.json, "
-                      "confusion_test.png, curves.png")
+        written = sorted(p.name for p in Path(out).iterdir() if p.is_file() and not p.name.startswith("."))
+        _metrics_table(f"{model} -> {out}", result.metrics, _task_of_metrics(Path(out) / "metrics.json"))
+        console.print(f"best epoch {result.best_epoch}; wrote {', '.join(written)} in {out}")
 
 
-def _metrics_table(title: str, metrics: dict) -> None:
-    rows = [(split, m["n"], m["accuracy"], m["macro_f1"], m["auc"]) for split, m in metrics.items()]
-    print_table(title, ["split", "images", "accuracy", "macro F1", "AUC"], rows)
+def _task_of_metrics(path: Path) -> str:
+    from edgeres.artifacts import read_json
+
+    return read_json(path).get("task") or DEFAULT_TASK  # written before tasks existed: a classifier
+
+
+def _metrics_table(title: str, metrics: dict, task_name: str) -> None:
+    """One row per split of the task's table columns (accuracy, macro F1, AUC; or mAP, precision, recall)."""
+    from edgeres.tasks import get_task
+
+    task = get_task(task_name)
+    headers = [h for h, _ in task.table_columns(next(iter(metrics.values())))]
+    rows = [(split, m["n"], *[v for _, v in task.table_columns(m)]) for split, m in metrics.items()]
+    print_table(title, ["split", "images", *headers], rows)
 
 
 @app.command("eval")
@@ -112,13 +129,37 @@ def eval_cmd(
     threads: Optional[int] = typer.Option(None, help="Inference threads."),
     batch_size: int = typer.Option(64, help="Images per inference call."),
 ) -> None:
-    """Measure an artifact's accuracy, per-class metrics, AUC and confusion matrix on its test split."""
+    """Measure an artifact on its test and val splits: accuracy, per-class metrics, AUC and a confusion matrix
+    for a classifier; COCO mAP, per-class AP, precision/recall and a PR curve for a detector."""
     from edgeres.evaluate import evaluate_artifact
 
     metrics, written = evaluate_artifact(path, data=data, out=out, backend=backend, precision=precision,
                                          threads=threads, batch_size=batch_size)
-    _metrics_table(str(path), metrics)
+    _metrics_table(str(path), metrics, _task_of_metrics(written))
     console.print(f"wrote {written}")
+
+
+@app.command("predict")
+def predict_cmd(
+    artifact: Path = typer.Argument(..., help="A checkpoint directory or an exported .onnx/.xml/.engine file."),
+    images: Path = typer.Argument(..., help="An image file or a folder of images (searched at any depth)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the annotated images and predictions.json."),
+    backend: Optional[str] = typer.Option(None, help="torch, onnxruntime, openvino or tensorrt (default: by file)."),
+    precision: Optional[str] = typer.Option(None, help="Ask the runtime for a precision, e.g. fp32."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads."),
+    batch_size: int = typer.Option(16, help="Images per inference call."),
+    skip_bad: bool = typer.Option(False, help="Record unreadable images in the JSON and go on."),
+) -> None:
+    """Run an artifact on your images: annotated copies (classes or boxes) and one predictions.json."""
+    from edgeres.predict import PREDICTIONS_FILE, find_images, predict_images
+
+    total = len(find_images(images)[1])
+    with progress_bar("predicting", total=total) as advance:
+        doc = predict_images(artifact, images, out, backend=backend, precision=precision, threads=threads,
+                             batch_size=batch_size, skip_bad=skip_bad, progress=advance)
+    skipped = f"; skipped {len(doc['skipped'])} unreadable" if doc["skipped"] else ""
+    console.print(f"{doc['images']} image(s) predicted{skipped}; wrote annotated images and "
+                  f"{Path(out) / PREDICTIONS_FILE}")
 
 
 def _csv(text: str, option: str) -> tuple[str, ...]:
@@ -141,23 +182,32 @@ def export_cmd(
     opset: int = typer.Option(17, help="ONNX opset."),
     dynamic_batch: bool = typer.Option(True, help="Dynamic batch dimension (else batch 1)."),
     attention_float: bool = typer.Option(True, help="Keep SE gates / SimAM energy / softmax in float in int8."),
+    nms: bool = typer.Option(False, help="Detectors: NMS inside the graph (output 'detections', N x max_det x 6); "
+                                         "TensorRT uses the EfficientNMS plugin."),
+    max_det: int = typer.Option(100, help="With --nms: detections kept per image."),
+    nms_iou: float = typer.Option(0.6, help="With --nms: IoU above which boxes of one class are suppressed."),
+    nms_conf: float = typer.Option(0.25, help="With --nms: boxes scoring below this are dropped."),
 ) -> None:
     """Export to ONNX / OpenVINO / TensorRT; each file is validated against PyTorch before it is kept."""
     from edgeres.export import ExportConfig, export_checkpoint
+    from edgeres.tasks import get_task
 
     config = ExportConfig(formats=_csv(to, "--to"), precisions=_csv(precision, "--precision"), opset=opset,
                           dynamic_batch=dynamic_batch, calib_data=calib_data, calib_size=calib_size,
-                          max_drop=max_drop, keep_attention_float=attention_float)
+                          max_drop=max_drop, keep_attention_float=attention_float, nms=nms, max_det=max_det,
+                          nms_iou=nms_iou, nms_conf=nms_conf)
     out = out or checkpoint / "exports"
     with progress_bar("exporting", total=None) as advance:
         document = export_checkpoint(checkpoint, out, config, progress=lambda what: advance(0, step=what))
+    metric = get_task(document["task"]).metric
     rows = []
     for e in document["artifacts"] + document["failed"]:
         v = e.get("validation") or {}
+        delta = v.get(f"val_{metric}_delta")
         rows.append((Path(e["file"]).name if e["file"] else "-", e["backend"], e["precision"], e["status"], e.get("bytes"),
-                     v.get("max_abs_diff"), v.get("top1_agreement")))
+                     v.get(f"val_{metric}"), None if delta is None else 100 * delta))
     print_table(f"exports of {checkpoint} -> {out}", ["file", "backend", "precision", "status", "bytes",
-                                                      "max abs diff", "top-1 agree"], rows)
+                                                      f"val {metric}", "Δ vs PyTorch (points)"], rows)
     console.print(f"wrote {out / 'export.json'}")
     if document["failed"]:
         kept = [e for e in document["failed"] if e["file"]]  # an exporter that raised wrote no file
@@ -208,10 +258,13 @@ def prune_cmd(
     b, a = summary["before"], summary["after"]
     rows = [(what, b[key], a[key], a[key] / b[key] if b[key] else None)
             for what, key in (("parameters", "params"), ("MACs", "macs"), ("file bytes", "file_bytes"))]
-    rows.append(("test accuracy", b["test"]["accuracy"], a["test"]["accuracy"], None))
-    rows.append(("test macro F1", b["test"]["macro_f1"], a["test"]["macro_f1"], None))
+    from edgeres.tasks import get_task
+
+    task = get_task(_task_of_metrics(Path(out) / "metrics.json"))
+    rows += [(f"test {name}", before, after, None) for (name, before), (_, after)
+             in zip(task.table_columns(b["test"]), task.table_columns(a["test"]))]
     print_table(f"{checkpoint} -> {out}", ["", "before", "after", "after/before"], rows)
-    console.print(f"accuracy drop: {summary['accuracy_drop_points']:.2f} points; wrote {out}")
+    console.print(f"{task.metric} drop: {summary[f'{task.metric}_drop_points']:.2f} points; wrote {out}")
     if summary["prune"]["kind"] == "unstructured":
         console.print(summary["prune"]["note"])
 
@@ -299,7 +352,7 @@ def check_cmd(
 ) -> None:
     """The CI gate: exit 0 when the candidate keeps accuracy (and latency/size) within limits, 1 when not."""
     from edgeres.artifacts import write_json
-    from edgeres.evaluate.check import check_artifacts
+    from edgeres.check import check_artifacts
     from edgeres.evaluate.gate import GateConfig, check_rows, write_junit
 
     config = GateConfig(max_drop=max_drop, max_class_drop=max_class_drop, max_latency_ms=max_latency_ms,

@@ -143,7 +143,8 @@ def _stage_export(run: _Run, resume: bool) -> None:
     doc = export_checkpoint(run.model_dir, run.dirs["export"],
                             ExportConfig(formats=tuple(e.to), precisions=tuple(e.precisions),
                                          calib_size=e.calib_size, max_drop=e.max_drop,
-                                         dynamic_batch=e.dynamic_batch))
+                                         dynamic_batch=e.dynamic_batch, nms=e.nms, max_det=e.max_det,
+                                         nms_iou=e.nms_iou, nms_conf=e.nms_conf))
     if not doc["artifacts"]:
         raise CheckFailed(f"every export failed validation; see {run.dirs['export'] / 'export.json'}")
 
@@ -180,7 +181,7 @@ def pick_candidate(results: dict[str, Any], choice: str) -> dict[str, Any]:
 
 
 def _stage_check(run: _Run, resume: bool) -> None:
-    from edgeres.evaluate.check import check_artifacts
+    from edgeres.check import check_artifacts
     from edgeres.evaluate.gate import GateConfig, write_junit
 
     c = run.recipe.check

@@ -28,6 +28,7 @@ class DataStage(_Strict):
     seed: int = 0
     augment: bool = True
     skip_bad: bool = False
+    detect_images: int = Field(600, ge=3)  # shapes-det: how many scenes it draws
 
 
 _DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # as edgeres.train.device checks it, without importing torch here
@@ -70,6 +71,10 @@ class ExportStage(_Strict):
     calib_size: int = Field(300, ge=1)
     max_drop: Optional[float] = Field(None, ge=0, lt=100)
     dynamic_batch: bool = True      # false: a fixed batch of 1, the fastest graph for one camera frame
+    nms: bool = False               # detectors: NMS inside the graph (output "detections")
+    max_det: int = Field(100, ge=1)
+    nms_iou: float = Field(0.6, gt=0, le=1)
+    nms_conf: float = Field(0.25, ge=0, lt=1)
 
 
 class BenchStage(_Strict):

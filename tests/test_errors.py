@@ -65,7 +65,7 @@ def copy(ckpt, tmp_path):
 
 
 def test_unexpected_error_exits_3_not_the_gate_code(edgeres, ckpt, monkeypatch):
-    import edgeres.evaluate.check as check
+    import edgeres.check as check
 
     def crash(*args, **kwargs):
         raise RuntimeError("boom")

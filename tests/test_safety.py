@@ -290,7 +290,7 @@ def test_check_refuses_a_candidate_not_made_from_the_baseline(tiny_checkpoint, t
 
 def test_check_follows_lineage_through_checkpoints_it_finds(tiny_checkpoint, tmp_path):
     from edgeres.checkpoint import checkpoint_sha256
-    from edgeres.evaluate.check import check_artifacts
+    from edgeres.check import check_artifacts
     from edgeres.evaluate.gate import GateConfig
 
     pruned = _child(tiny_checkpoint, tmp_path / "pruned", checkpoint_sha256(tiny_checkpoint))

@@ -80,7 +80,7 @@ def test_report_takes_its_metric_columns_from_the_task_and_refuses_mixed_tasks()
     with pytest.raises(UserInputError, match="mix tasks"):
         summary_rows({"artifacts": [artifact, {**artifact, "name": "b", "task": "detection"}]})
     with pytest.raises(UserInputError, match="unknown task"):
-        summary_rows({"artifacts": [{**artifact, "task": "detection"}]})
+        summary_rows({"artifacts": [{**artifact, "task": "segmentation"}]})
 
 
 class _Bundle:

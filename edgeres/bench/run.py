@@ -24,7 +24,7 @@ class BenchConfig:
     runs: int = 200
     budget_s: float | None = 20.0    # stop timing one configuration after this long (>= 5 runs kept)
     min_seconds: float = 3.0         # and time for at least this long, however fast the model
-    end_to_end: bool = True          # also time preprocessing of a raw camera-sized image
+    end_to_end: bool = True          # also time a 640x480 frame through preprocessing, inference, postprocessing
     accuracy: bool = True            # evaluate on the test split under the same runner settings
     precision: str | None = None     # ask every runtime for this precision (e.g. fp32); default: its own
     data: str | None = None

@@ -20,17 +20,22 @@ from edgeres.bench.runtime_memory import rss_mb
 from edgeres.errors import UserInputError
 
 
-def preprocess(image: np.ndarray, meta) -> np.ndarray:
-    """A raw HxWxC uint8 camera frame to the model's normalised NCHW float32 input."""
+def end_to_end_call(runner, frame: np.ndarray):
+    """One camera frame through what `edgeres predict` does: the task's preprocessing (resize or letterbox),
+    inference, and its postprocessing (class probabilities, or box decode and NMS) into a prediction."""
     from PIL import Image
 
-    mode = "L" if meta.in_chans == 1 else "RGB"
-    pil = Image.fromarray(image).convert(mode).resize((meta.img_size, meta.img_size), Image.BILINEAR)
-    x = np.asarray(pil, dtype=np.float32) / 255.0
-    x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    mean = np.asarray(meta.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(meta.std, dtype=np.float32)[:, None, None]
-    return ((x - mean) / std)[None]
+    from edgeres.runtime.base import run_any_batch
+    from edgeres.tasks import get_task
+
+    task, meta = get_task(runner.meta.task), runner.meta
+    names = list(meta.class_names or [str(i) for i in range(meta.num_classes)])
+    image = Image.fromarray(frame)
+
+    def call():
+        x, context = task.prepare(image, meta)
+        return task.describe(run_any_batch(runner, x[None]), [context], names)
+    return call
 
 
 def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +53,7 @@ def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict
         end_to_end = None
         if config["end_to_end"] and batch == 1 and runner.info.input_shape[0] in (None, 1):
             frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)  # a VGA camera frame
-            e2e = time_calls(lambda: runner(preprocess(frame, runner.meta)), config["warmup"], config["runs"],
+            e2e = time_calls(end_to_end_call(runner, frame), config["warmup"], config["runs"],
                              config["budget_s"], min_seconds=config["min_seconds"])
             end_to_end = {**e2e.summary(), "samples_ms": e2e.samples_ms}
     harness_peak_mb = rss_mb("VmHWM")
@@ -70,10 +75,9 @@ def measure(path: str, batch: int, threads: int, config: dict[str, Any]) -> dict
 
 def _test_metrics(runner, data: str | None) -> dict[str, Any]:
     """The runner's task metrics on the test split."""
-    from edgeres.data import load_data
-    from edgeres.evaluate import data_config_for, evaluate_runner
+    from edgeres.evaluate import evaluate_runner, load_task_data
 
-    metrics, _ = evaluate_runner(runner, load_data(data_config_for(runner.meta, data)), splits=("test",))
+    metrics, _ = evaluate_runner(runner, load_task_data(runner.meta, data), splits=("test",))
     return metrics["test"]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,20 +11,18 @@ from torch import nn
 from edgeres.checkpoint import ModelMeta, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres.tasks import Criterion
+from edgeres.tasks.classify_losses import kd_loss
 
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al.'s KL(teacher || student) on temperature-softened distributions, times T^2."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True) * (t * t)
+#: soft_loss(student outputs, teacher outputs, temperature) -> loss: how the student copies the teacher.
+SoftLoss = Callable[[Any, Any, float], torch.Tensor]
 
 
 class Distiller(nn.Module):
-    """criterion(logits, targets, images) = alpha * hard + (1 - alpha) * KD + feature_weight * feature MSE.
+    """criterion(outputs, targets, images) = alpha * hard + (1 - alpha) * soft + feature_weight * feature MSE.
 
     alpha: weight of the hard-label loss (1 means no distillation at all).
     hard_loss: the hard-label loss, the student's task's (default: plain cross-entropy).
+    soft_loss: how the student's outputs copy the teacher's, the task's (default: Hinton's KD on logits).
     feature_stages: stage names to match (default: the student's `feature_stages`); each gets a learned
         1x1 conv from the student's width to the teacher's, a parameter of this module.
     input_shape: (C, H, W) used once to measure stage widths; default (student's input channels, 64, 64).
@@ -33,7 +32,8 @@ class Distiller(nn.Module):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, temperature: float = 4.0, alpha: float = 0.7,
                  feature_weight: float = 0.0, feature_stages: tuple[str, ...] | list[str] | None = None,
-                 *, input_shape: tuple[int, int, int] | None = None, hard_loss: Criterion | None = None):
+                 *, input_shape: tuple[int, int, int] | None = None, hard_loss: Criterion | None = None,
+                 soft_loss: SoftLoss | None = None):
         super().__init__()
         if not temperature > 0:
             raise UserInputError(f"temperature must be positive, got {temperature}")
@@ -43,6 +43,7 @@ class Distiller(nn.Module):
             raise UserInputError(f"feature_weight must be >= 0, got {feature_weight}")
         self.temperature, self.alpha, self.feature_weight = float(temperature), float(alpha), float(feature_weight)
         self.hard_loss = hard_loss or (lambda logits, targets, images: F.cross_entropy(logits, targets))
+        self.soft_loss = soft_loss or kd_loss
         teacher.eval().requires_grad_(False)
         # A tuple keeps both models out of this module's parameters: the optimizer that trains the
         # criterion's parameters must see the adapters only, never the frozen teacher or the student twice.
@@ -103,17 +104,18 @@ class Distiller(nn.Module):
             self.adapters[_key(stage)] = nn.Conv2d(s.shape[1], t.shape[1], 1, bias=False)
         self._clear()
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """The distillation loss for a batch the student has just run forward on."""
+    def forward(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """The distillation loss for a batch the student has just run forward on (its outputs: a tensor, or a
+        tuple of them for a multi-output model)."""
         if self.teacher.training:  # someone switched it back: soft targets must not see dropout or batch stats
             self.teacher.eval()
         with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        if teacher_logits.shape != logits.shape:
-            raise UserInputError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
-                                 f"{tuple(logits.shape)}: teacher and student need the same classes")
-        ce = self.hard_loss(logits, targets, images)
-        kd = kd_loss(logits, teacher_logits, self.temperature)
+            teacher_outputs = self.teacher(images)
+        if _shapes(teacher_outputs) != _shapes(outputs):
+            raise UserInputError(f"teacher outputs {_shapes(teacher_outputs)} do not match the student's "
+                                 f"{_shapes(outputs)}: teacher and student need the same classes (and anchors)")
+        ce = self.hard_loss(outputs, targets, images)
+        kd = self.soft_loss(outputs, teacher_outputs, self.temperature)
         loss = self.alpha * ce + (1 - self.alpha) * kd
         self.last = {"ce": ce.item(), "kd": kd.item()}
         if self.feature_weight > 0:
@@ -153,6 +155,10 @@ class Distiller(nn.Module):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _shapes(outputs: Any) -> list[tuple[int, ...]]:
+    return [tuple(o.shape) for o in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
 
 
 def _key(stage: str) -> str:

@@ -15,7 +15,7 @@ from edgeres.checkpoint import META_FILE, WEIGHTS_FILE, checkpoint_dir, checkpoi
 from edgeres.compress.distill import Distiller, load_teacher
 from edgeres.compress.prune import PruneConfig, prune
 from edgeres.compress.sparsity import sparsify
-from edgeres.data import DataConfig, load_data
+from edgeres.evaluate import load_task_data
 from edgeres.errors import UserInputError
 from edgeres.tasks import Task, get_task
 from edgeres.train.config import TrainConfig, require_bool, require_int, require_number
@@ -70,11 +70,12 @@ def _step_finetuner(bundle, ft: FinetuneConfig, criterion, execution: Execution,
         if ft.step_epochs == 0:
             return
         with placed(execution, model, criterion):  # pruning's next step works on the CPU again
-            loss = criterion or task.criterion(bundle, execution.device)
+            loss = criterion or task.criterion(bundle, execution.device, model=model)
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.lr)
             loader = torch.utils.data.DataLoader(bundle.dataset("train"), ft.batch_size, shuffle=True,
                                                  generator=torch.Generator().manual_seed(ft.seed + step),
-                                                 pin_memory=execution.pin_memory)
+                                                 pin_memory=execution.pin_memory,
+                                                 collate_fn=getattr(bundle, "collate", None))
             scaler = execution.grad_scaler()
             for _ in range(ft.step_epochs):
                 train_epoch(model, loader, opt, loss, execution=execution, scaler=scaler, task=task)
@@ -95,18 +96,22 @@ def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneCo
     model, meta = load_checkpoint(source)
     if not meta.data:
         raise UserInputError(f"{source} records no training data; compression needs it to fine-tune and measure")
-    bundle = load_data(DataConfig.from_dict(meta.data))
+    task = get_task(meta.task)
+    bundle = load_task_data(meta)
     before = _figures(model, meta, (source / WEIGHTS_FILE).stat().st_size, _test_metrics(source, bundle))
     teacher = load_teacher(finetune.teacher, meta) if finetune.teacher else None
-    distiller = Distiller(teacher, model, finetune.temperature, finetune.alpha, finetune.feature_weight,
-                          input_shape=meta.input_shape, hard_loss=get_task(meta.task).criterion(bundle)
-                          ) if teacher is not None else None
+    distiller = None
+    if teacher is not None:
+        distiller = Distiller(teacher, model, finetune.temperature, finetune.alpha, finetune.feature_weight,
+                              input_shape=meta.input_shape, hard_loss=task.criterion(bundle, model=model),
+                              soft_loss=task.soft_loss)
     if sparsity is not None:
         report = {"kind": "unstructured", **sparsify(model, sparsity)}
     else:
         calib = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in bundle.batches("train", 32, limit=256)]
         pr = prune(model, meta.input_shape, prune_config, calib=calib,
-                   finetune=_step_finetuner(bundle, finetune, distiller, execution, get_task(meta.task)))
+                   finetune=_step_finetuner(bundle, finetune, distiller, execution, task),
+                   loss=lambda outputs, targets: task.loss_sum(outputs, targets, model))
         report = {"kind": "structured", **pr.to_dict(), "config": dataclasses.asdict(prune_config)}
     meta.parent_sha256 = checkpoint_sha256(source)
     meta.compression = {"source": str(source), "prune": report, "before": before,

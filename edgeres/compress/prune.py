@@ -81,10 +81,12 @@ class PruneReport:
 
 
 def prune(model: nn.Module, input_shape: tuple[int, int, int], config: PruneConfig, *,
-          calib: Batches | None = None, finetune: Callable[[nn.Module, int], None] | None = None) -> PruneReport:
+          calib: Batches | None = None, finetune: Callable[[nn.Module, int], None] | None = None,
+          loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None) -> PruneReport:
     """Prune `model`'s channels in place until it meets `config`'s budget.
 
-    calib: (images, labels) batches; taylor importance takes its gradients from them.
+    calib: (images, targets) batches; taylor importance takes its gradients from them.
+    loss: loss(outputs, targets) those gradients come from, the model's task's (default: cross-entropy).
     finetune: called as finetune(model, step) after every step but the last.
     """
     input_shape = _check_shape(input_shape)
@@ -104,7 +106,7 @@ def prune(model: nn.Module, input_shape: tuple[int, int, int], config: PruneConf
     ratios: list[float] = []
     units: dict[str, int] = {}  # width granularity per group, from the original widths
     for step in range(1, config.steps + 1):
-        ratios.append(_prune_step(model, input_shape, config, step, before, calib, units))
+        ratios.append(_prune_step(model, input_shape, config, step, before, calib, units, loss or F.cross_entropy))
         # torch-pruning rebuilds pruned tensors as fresh Parameters: frozen stages would thaw.
         for name, p in model.named_parameters():
             p.requires_grad_(trainable.get(name, True))
@@ -134,10 +136,11 @@ def _channels(model: nn.Module) -> int:
 
 
 def _prune_step(model: nn.Module, input_shape: tuple[int, int, int], config: PruneConfig, step: int,
-                before: tuple[int, int, int], calib: Batches | None, units: dict[str, int]) -> float:
+                before: tuple[int, int, int], calib: Batches | None, units: dict[str, int],
+                loss: Callable[[Any, torch.Tensor], torch.Tensor]) -> float:
     """One pruning step: rank channels once, find the channel ratio for this step's goal, prune."""
     if config.importance == "taylor":
-        _accumulate_grads(model, calib)
+        _accumulate_grads(model, calib, loss)
     graph = _graph(model, input_shape)
     scores = _scores(model, graph, config, units)
     model.zero_grad(set_to_none=True)
@@ -378,8 +381,8 @@ def _apply(model: nn.Module, graph, plan: dict[str, list[int]]) -> None:
             group.prune()
 
 
-def _accumulate_grads(model: nn.Module, calib: Batches) -> None:
-    """Sum cross-entropy gradients over `calib` in eval mode, so BatchNorm statistics stay as they are."""
+def _accumulate_grads(model: nn.Module, calib: Batches, loss: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+    """Sum `loss` gradients over `calib` in eval mode, so BatchNorm statistics stay as they are."""
     was_training = model.training
     model.eval()
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -388,7 +391,7 @@ def _accumulate_grads(model: nn.Module, calib: Batches) -> None:
     model.zero_grad(set_to_none=True)
     seen = 0
     for images, labels in calib:
-        F.cross_entropy(model(images), labels).backward()
+        loss(model(images), labels).backward()
         seen += 1
     for p in frozen:
         p.requires_grad_(False)

@@ -153,7 +153,7 @@ def export_qat_openvino(qmodel: nn.Module, meta: ModelMeta, out_xml: Path, check
     import nncf
     import openvino as ov
 
-    from edgeres.export.openvino.convert import INPUT_NAME, OUTPUT_NAME, save_ir, set_edgeres_info
+    from edgeres.export.openvino.convert import name_tensors, save_ir, set_edgeres_info
 
     c, h, w = meta.input_shape
     with evaluating(qmodel), warnings.catch_warnings():
@@ -162,8 +162,7 @@ def export_qat_openvino(qmodel: nn.Module, meta: ModelMeta, out_xml: Path, check
         ov_model = ov.convert_model(qmodel, example_input=torch.zeros(1, c, h, w),
                                     input=[([-1, c, h, w], ov.Type.f32)])
         reference = qmodel(torch.from_numpy(check)).numpy()
-    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
-    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    name_tensors(ov_model, getattr(qmodel, "output_names", ("logits",)))
     stats = _validate("OpenVINO", reference, ov.Core().compile_model(ov_model, "CPU")(check)[0], meta)
     set_edgeres_info(ov_model, meta, {"precision": "int8", "source_sha256": source_sha256, "quantization": "qat",
                                       "openvino_version": ov.get_version(), "nncf_version": nncf.__version__})
@@ -221,13 +220,16 @@ def _fine_tune(qmodel: nn.Module, bundle: Any, config: QATConfig, execution: Exe
             torch.manual_seed(config.seed * 10_007 + epoch)
             loader = torch.utils.data.DataLoader(bundle.dataset("train"), config.batch_size, shuffle=True,
                                                  generator=torch.Generator().manual_seed(config.seed * 10_007 + epoch),
-                                                 pin_memory=execution.pin_memory)
+                                                 pin_memory=execution.pin_memory,
+                                                 collate_fn=getattr(bundle, "collate", None))
             start = time.perf_counter()
-            loss, acc, seen = train_epoch(qmodel, loader, optimizer, task.criterion(bundle, execution.device),
+            loss, acc, seen = train_epoch(qmodel, loader, optimizer,
+                                          task.criterion(bundle, execution.device, model=qmodel),
                                           progress, execution, task=task)
             history.append({"epoch": epoch + 1, "train_loss": loss, f"train_{task.metric}": acc, "samples": seen,
                             "seconds": round(time.perf_counter() - start, 2)})
-            log.info("QAT epoch %d/%d  loss %.4f  %s %.4f", epoch + 1, config.epochs, loss, task.metric, acc)
+            log.info("QAT epoch %d/%d  loss %.4f%s", epoch + 1, config.epochs, loss,
+                     "" if acc is None else f"  {task.metric} {acc:.4f}")
     qmodel.eval()
     return history
 
@@ -273,11 +275,11 @@ def _export_meta(meta: ModelMeta, config: QATConfig, folded: int, samples: int) 
 
 
 def _load_bundle(meta: ModelMeta, source: Path) -> Any:
-    from edgeres.data import DataConfig, load_data
+    from edgeres.evaluate import load_task_data
 
     if not meta.data:
         raise UserInputError(f"{source} records no training data; QAT needs it to calibrate, fine-tune and measure")
-    return load_data(DataConfig.from_dict(meta.data))
+    return load_task_data(meta)
 
 
 @contextlib.contextmanager

@@ -15,12 +15,15 @@ from edgeres.data.split import SPLITS, check_fractions, class_weights, make_samp
 from edgeres.data.transforms import NORMALIZE_MODES, SplitDataset, resolve_stats, train_augment
 from edgeres.errors import UserInputError
 
+# Built-in detection sets live in edgeres.data.detect, which imports this package: named here, not imported.
+_BUILTIN_NAMES = ", ".join(sorted([*BUILTIN_SOURCES, "shapes-det"]))
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are split and prepared. JSON-able, stored with each model."""
 
-    source: str                                     # "digits", "shapes", or an image folder
+    source: str                                     # "digits", "shapes", "shapes-det", or a folder/file
     img_size: int = 64
     in_chans: int | None = None                     # None: the source's own (digits 1, shapes 3, folder: by files)
     split: tuple[float, float, float] | None = None  # None: the source's default
@@ -30,11 +33,12 @@ class DataConfig:
     normalize: str = "auto"                         # auto | imagenet | dataset
     skip_bad: bool = False
     shapes_per_class: int = 120
+    detect_images: int = 600                        # shapes-det: images generated
 
     def __post_init__(self) -> None:
         source = os.fspath(self.source) if isinstance(self.source, os.PathLike) else self.source
         if not isinstance(source, str) or not source:
-            raise UserInputError(f"source must be a built-in name ({', '.join(sorted(BUILTIN_SOURCES))}) or an "
+            raise UserInputError(f"source must be a built-in name ({_BUILTIN_NAMES}) or an "
                                  f"image folder path, got {self.source!r}")
         object.__setattr__(self, "source", source)
         _check_int("img_size", self.img_size, 8, 4096)
@@ -49,6 +53,7 @@ class DataConfig:
         if self.normalize not in NORMALIZE_MODES:
             raise UserInputError(f"normalize must be one of {list(NORMALIZE_MODES)}, got {self.normalize!r}")
         _check_int("shapes_per_class", self.shapes_per_class, 3, 10**6)
+        _check_int("detect_images", self.detect_images, 3, 10**6)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields; from_dict() rebuilds the same config."""
@@ -67,7 +72,7 @@ class DataConfig:
             raise UserInputError(f"unknown data field(s) {unknown}; known: {sorted(known)}")
         if "source" not in d:
             raise UserInputError("data config lacks 'source'; expected a built-in name "
-                                 f"({', '.join(sorted(BUILTIN_SOURCES))}) or an image folder path")
+                                 f"({_BUILTIN_NAMES}) or an image folder path")
         return cls(**d)
 
 

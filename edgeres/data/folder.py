@@ -131,7 +131,7 @@ def _check_image(path: str, size: int) -> str:
     return mode
 
 
-def _to_tensor(im: Image.Image, in_chans: int, size: int) -> torch.Tensor:
+def image_to_tensor(im: Image.Image, in_chans: int, size: int) -> torch.Tensor:
     """Decode to float32 in [0, 1], in_chans x size x size; 16-bit and float greys keep their range."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(im, dtype=np.float32)
@@ -236,7 +236,7 @@ class FolderSource:
         try:
             with Image.open(path) as im:
                 im.draft("L" if self.in_chans == 1 else "RGB", (self.size, self.size))
-                x = _to_tensor(im, self.in_chans, self.size)
+                x = image_to_tensor(im, self.in_chans, self.size)
         except Exception as e:  # the file changed or broke after load_data checked it
             raise UserInputError(f"cannot read image {path}: {e}; it was readable when the data was "
                                  "loaded, so it may have been changed or removed since") from None

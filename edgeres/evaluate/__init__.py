@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeres.meta import checkpoint_dir, is_checkpoint
-from edgeres.data import DataConfig, load_data
+from edgeres.data import DataConfig
 from edgeres.errors import UserInputError
 from edgeres.evaluate.predict import evaluate_runner, predict, write_metrics
 from edgeres.tasks import get_task
@@ -25,6 +25,11 @@ def data_config_for(meta, data: str | None = None) -> DataConfig:
     return DataConfig(source=data, img_size=meta.img_size, in_chans=meta.in_chans)
 
 
+def load_task_data(meta, data: str | None = None) -> Any:
+    """The data of `data_config_for(meta, data)`, opened the way the model's task reads it."""
+    return get_task(meta.task).load_data(data_config_for(meta, data))
+
+
 def default_eval_dir(path: str | Path) -> Path:
     """Checkpoints keep their metrics inside; an exported file gets `<name>.eval/` beside it."""
     p = Path(path)
@@ -38,11 +43,11 @@ def evaluate_artifact(path: str | Path, data: str | None = None, out: str | Path
     from edgeres import runtime
 
     runner = runtime.load(path, backend=backend, precision=precision, threads=threads)
-    bundle = load_data(data_config_for(runner.meta, data))
-    metrics, _ = evaluate_runner(runner, bundle, batch_size=batch_size, progress=progress)
+    bundle = load_task_data(runner.meta, data)
+    metrics, predictions = evaluate_runner(runner, bundle, batch_size=batch_size, progress=progress)
     written = write_metrics(metrics, runner.info.to_dict(), out or default_eval_dir(path), bundle.class_names,
-                            get_task(runner.meta.task))
+                            get_task(runner.meta.task), examples=(bundle, predictions.get("test")))
     return metrics, written
 
 
-__all__ = ["data_config_for", "evaluate_artifact", "evaluate_runner", "predict", "write_metrics"]
+__all__ = ["data_config_for", "evaluate_artifact", "load_task_data", "evaluate_runner", "predict", "write_metrics"]

@@ -1,9 +1,12 @@
 """The CI regression gate: is a candidate artifact as accurate, fast and small as the limits allow?
 
-Both models are scored on the same test images, so the comparison is paired: the accuracy change
-gets a paired-bootstrap confidence interval and McNemar's exact test on the images they disagree on.
+Both models are scored on the same test images, so the comparison is paired. The model's task hands the
+gate its evidence (`tasks.base.GateEvidence`): the metrics it limits and how they change on a resample of
+the images. A classifier's accuracy change gets a paired-bootstrap confidence interval and McNemar's
+exact test on the images they disagree on; a detector's mAP@0.5:0.95 and mAP@0.5 changes get the
+bootstrap interval (COCO matching is per image, so a resample re-weights images instead of re-matching).
 
-Pass/fail rule. The accuracy check fails when the *point estimate* of the drop exceeds `max_drop`.
+Pass/fail rule. A metric's check fails when the *point estimate* of its drop exceeds `max_drop`.
 The confidence interval does not decide; it is reported, and when its lower end reaches past
 `-max_drop` (the data cannot rule out a regression larger than allowed) the result carries a warning.
 Why not let the interval decide: requiring the whole interval inside the limit (a non-inferiority
@@ -21,7 +24,7 @@ import math
 import numbers
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -29,6 +32,8 @@ from edgeres.artifacts import write_text
 from edgeres.errors import UserInputError
 from edgeres.meta import DEFAULT_TASK
 from edgeres.tasks import Task, get_task
+from edgeres.tasks.base import ClassDelta, GateEvidence, MetricDelta
+from edgeres.tasks.classify import mcnemar_exact  # noqa: F401  (public here, where the gate's statistics are)
 
 _EPS = 1e-9  # float slack so a drop computed as 0.5000000001 still counts as "at the limit"
 _BOOT_CHUNK = 4_000_000  # resampled indices held in memory at once (~16 MB of int32)
@@ -36,7 +41,8 @@ _BOOT_CHUNK = 4_000_000  # resampled indices held in memory at once (~16 MB of i
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
-    """Limits of the gate. Accuracy and recall limits are in percentage points; MB is 10**6 bytes."""
+    """Limits of the gate. Metric limits (accuracy, mAP, per-class recall or AP) are in percentage points; MB is
+    10**6 bytes. max_drop limits every metric the task gates; max_class_drop its per-class figure."""
 
     max_drop: float = 0.5
     max_class_drop: float | None = None
@@ -68,44 +74,76 @@ class Check:
     reason: str | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassRecall:
-    """Recall of one class under both models; None when the test set has no image of it."""
+#: A per-class figure under both models (recall for classifiers, AP for detectors); the old name stays valid.
+ClassRecall = ClassDelta
 
+
+@dataclasses.dataclass(frozen=True)
+class MetricCheck:
+    """One limited metric: both models' values (fractions), the change and its paired-bootstrap CI in points."""
+
+    key: str
     name: str
-    support: int
-    baseline: float | None
-    candidate: float | None
-    delta_points: float | None
+    baseline: float
+    candidate: float
+    delta_points: float
+    delta_ci_points: tuple[float, float]
+    test: str | None = None
+    p_value: float | None = None
 
 
 @dataclasses.dataclass
 class GateResult:
-    """The verdict and every figure behind it. Accuracies are fractions; deltas are in points."""
+    """The verdict and every figure behind it. Metric values are fractions; deltas are in points.
+
+    `metric_checks` holds every limited metric of the task, the headline first (classification: accuracy;
+    detection: mAP@0.5:0.95 and mAP@0.5); `delta_points` and `delta_ci_points` repeat the headline's.
+    The accuracy and McNemar fields are classification's and None for other tasks; `per_class` holds the
+    task's per-class figure, named by `class_metric`.
+    """
 
     passed: bool
     reasons: list[str]
     warnings: list[str]
     checks: list[Check]
     n: int
-    baseline_accuracy: float
-    candidate_accuracy: float
+    baseline_accuracy: float | None
+    candidate_accuracy: float | None
     delta_points: float
     delta_ci_points: tuple[float, float]
     confidence: float
-    mcnemar_b: int  # baseline right, candidate wrong
-    mcnemar_c: int  # baseline wrong, candidate right
-    mcnemar_p: float
-    per_class: list[ClassRecall]
+    mcnemar_b: int | None  # baseline right, candidate wrong
+    mcnemar_c: int | None  # baseline wrong, candidate right
+    mcnemar_p: float | None
+    per_class: list[ClassDelta]
     latency_ms: float | None
     size_mb: float | None
     config: GateConfig
+    task: str = DEFAULT_TASK
+    metric_checks: list[MetricCheck] = dataclasses.field(default_factory=list)
+    class_metric: str = "recall"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the `gate` entry of results.json)."""
         d = dataclasses.asdict(self)
         d["delta_ci_points"] = list(self.delta_ci_points)
+        for m in d["metric_checks"]:
+            m["delta_ci_points"] = list(m["delta_ci_points"])
         return d
+
+    def properties(self) -> dict[str, Any]:
+        """The figures a JUnit report carries: a classifier's accuracies and McNemar p, or for other tasks each
+        limited metric's values, change and CI."""
+        props: dict[str, Any] = {"n": self.n}
+        if self.baseline_accuracy is not None:
+            props.update(baseline_accuracy=self.baseline_accuracy, candidate_accuracy=self.candidate_accuracy,
+                         delta_points=self.delta_points, mcnemar_p=self.mcnemar_p)
+            return props
+        for m in self.metric_checks:
+            props.update({f"baseline_{m.key}": m.baseline, f"candidate_{m.key}": m.candidate,
+                          f"{m.key}_delta_points": m.delta_points, f"{m.key}_ci_low_points": m.delta_ci_points[0],
+                          f"{m.key}_ci_high_points": m.delta_ci_points[1]})
+        return props
 
 
 def check(baseline: Any, candidate: Any, class_names: list[str], config: GateConfig, *,
@@ -113,28 +151,44 @@ def check(baseline: Any, candidate: Any, class_names: list[str], config: GateCon
           task: Task | None = None) -> GateResult:
     """Compare a candidate's predictions with the baseline's on the same test images and decide pass or fail.
 
-    task: whose predictions these are and what counts as right (default: classification, as in model.json).
+    task: whose predictions these are and what it measures (default: classification, as in model.json).
     """
-    paired = (task or get_task(DEFAULT_TASK)).paired(baseline, candidate, class_names)
-    labels, right_b, right_c = paired.labels, paired.baseline, paired.candidate
-    n = len(labels)
-    delta = 100.0 * (int(right_c.sum()) - int(right_b.sum())) / n
-    ci = bootstrap_delta_ci(right_b, right_c, config.confidence, config.n_boot, config.seed)
-    b = int((right_b & ~right_c).sum())
-    c = int((~right_b & right_c).sum())
-    p = mcnemar_exact(b, c)
-    per_class = _per_class_recall(labels, right_b, right_c, class_names)
-
-    checks = [_accuracy_check(delta, ci, b, c, p, config)]
+    task = task or get_task(DEFAULT_TASK)
+    ev = task.gate_evidence(baseline, candidate, class_names)
+    cis = ([(0.0, 0.0)] * len(ev.metrics) if ev.constant  # every resample of equal outcomes is zero
+           else paired_bootstrap(ev.resample, ev.n, config.confidence, config.n_boot, config.seed))
+    metric_checks = [MetricCheck(m.key, m.name, m.baseline, m.candidate, m.delta_points, ci, m.test, m.p_value)
+                     for m, ci in zip(ev.metrics, cis)]
+    checks = [_metric_check(m, ci, config) for m, ci in zip(ev.metrics, cis)]
     if config.max_class_drop is not None:
-        checks.append(_class_check(per_class, config.max_class_drop))
+        checks.append(_class_check(ev, config.max_class_drop))
     checks += _resource_checks(config, candidate_latency_ms, candidate_size_mb)
+    head = metric_checks[0]
     return GateResult(
         passed=all(ch.passed for ch in checks), reasons=[ch.reason for ch in checks if ch.reason],
-        warnings=_warnings(delta, ci, p, n, config), checks=checks, n=n,
-        baseline_accuracy=float(right_b.mean()), candidate_accuracy=float(right_c.mean()), delta_points=delta,
-        delta_ci_points=ci, confidence=config.confidence, mcnemar_b=b, mcnemar_c=c, mcnemar_p=p,
-        per_class=per_class, latency_ms=candidate_latency_ms, size_mb=candidate_size_mb, config=config)
+        warnings=[w for m in metric_checks for w in _warnings(m, ev.n, config)], checks=checks, n=ev.n,
+        baseline_accuracy=ev.legacy.get("baseline_accuracy"), candidate_accuracy=ev.legacy.get("candidate_accuracy"),
+        delta_points=head.delta_points, delta_ci_points=head.delta_ci_points, confidence=config.confidence,
+        mcnemar_b=ev.legacy.get("mcnemar_b"), mcnemar_c=ev.legacy.get("mcnemar_c"),
+        mcnemar_p=ev.legacy.get("mcnemar_p"), per_class=ev.per_class, latency_ms=candidate_latency_ms,
+        size_mb=candidate_size_mb, config=config, task=task.name, metric_checks=metric_checks,
+        class_metric=ev.class_metric)
+
+
+def paired_bootstrap(resample: Callable[[np.ndarray], np.ndarray], n: int, confidence: float = 0.95,
+                     n_boot: int = 10000, seed: int = 0) -> list[tuple[float, float]]:
+    """Percentile CIs of paired changes, one (low, high) per metric: rows of n image indices drawn with
+    replacement, the same row for both models; resample(rows) -> (rows, metrics) changes in points."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    rows = max(1, _BOOT_CHUNK // n)
+    for start in range(0, n_boot, rows):
+        stop = min(n_boot, start + rows)
+        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)
+        deltas.append(np.asarray(resample(idx), dtype=np.float64).reshape(stop - start, -1))
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(np.concatenate(deltas), [alpha / 2, 1 - alpha / 2], axis=0)
+    return [(float(a), float(b)) for a, b in zip(lo, hi)]
 
 
 def bootstrap_delta_ci(right_b: np.ndarray, right_c: np.ndarray, confidence: float = 0.95, n_boot: int = 10000,
@@ -144,25 +198,8 @@ def bootstrap_delta_ci(right_b: np.ndarray, right_c: np.ndarray, confidence: flo
     n = len(diff)
     if not diff.any():  # every resample of all-zero differences is zero
         return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    sums = np.empty(n_boot, dtype=np.int64)
-    rows = max(1, _BOOT_CHUNK // n)
-    for start in range(0, n_boot, rows):
-        stop = min(n_boot, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n), dtype=np.int32)
-        sums[start:stop] = diff[idx].sum(axis=1, dtype=np.int64)
-    alpha = 1.0 - confidence
-    lo, hi = np.quantile(sums * (100.0 / n), [alpha / 2, 1 - alpha / 2])
-    return (float(lo), float(hi))
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of b successes in b + c trials at p = 1/2."""
-    if b + c == 0:
-        return 1.0
-    from scipy.stats import binomtest  # scipy is slow to import; only the gate needs it
-
-    return float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    return paired_bootstrap(lambda idx: diff[idx].sum(axis=1, dtype=np.int64) * (100.0 / n), n, confidence,
+                            n_boot, seed)[0]
 
 
 def check_rows(result: GateResult | dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -186,8 +223,8 @@ def write_junit(result: GateResult, path: str | Path) -> Path:
     suite = ET.Element("testsuite", name="edgeres.check", tests=str(len(result.checks)),
                        failures=str(failures), errors="0", skipped="0", time="0")
     props = ET.SubElement(suite, "properties")
-    for key in ("n", "baseline_accuracy", "candidate_accuracy", "delta_points", "mcnemar_p"):
-        ET.SubElement(props, "property", name=key, value=str(getattr(result, key)))
+    for key, value in result.properties().items():
+        ET.SubElement(props, "property", name=key, value=str(value))
     for ch in result.checks:
         case = ET.SubElement(suite, "testcase", classname="edgeres.check", name=ch.name, time="0")
         if not ch.passed:
@@ -206,42 +243,33 @@ def write_junit(result: GateResult, path: str | Path) -> Path:
         raise UserInputError(f"cannot write the JUnit report {path}: {e.strerror}") from None
 
 
-def _per_class_recall(labels: np.ndarray, right_b: np.ndarray, right_c: np.ndarray,
-                      class_names: list[str]) -> list[ClassRecall]:
-    out = []
-    for i, name in enumerate(class_names):
-        mask = labels == i
-        support = int(mask.sum())
-        if support == 0:
-            out.append(ClassRecall(name, 0, None, None, None))
-            continue
-        rb, rc = float(right_b[mask].mean()), float(right_c[mask].mean())
-        out.append(ClassRecall(name, support, rb, rc, 100.0 * (rc - rb)))
-    return out
-
-
-def _accuracy_check(delta: float, ci: tuple[float, float], b: int, c: int, p: float, config: GateConfig) -> Check:
-    drop, drop_lo, drop_hi = -delta, -ci[1], -ci[0]
+def _metric_check(m: MetricDelta, ci: tuple[float, float], config: GateConfig) -> Check:
+    drop, drop_lo, drop_hi = -m.delta_points, -ci[1], -ci[0]
     conf = f"{config.confidence:.0%}"
-    measured = f"{_signed(delta)} points ({conf} CI {_signed(ci[0])} to {_signed(ci[1])}; McNemar p={p:.3g})"
+    test = f"; {m.test} p={m.p_value:.3g}" if m.p_value is not None else ""
+    measured = f"{_signed(m.delta_points)} points ({conf} CI {_signed(ci[0])} to {_signed(ci[1])}{test})"
     passed = drop <= config.max_drop + _EPS
+    detail = f", {m.detail}" if m.detail else ""
     reason = None if passed else (
-        f"accuracy dropped {drop:.1f} points ({conf} CI {drop_lo:.1f} to {drop_hi:.1f}; McNemar p={p:.3g}, "
-        f"{b} images newly wrong, {c} newly right) > allowed {config.max_drop:g}")
-    return Check("accuracy drop", f"drop <= {config.max_drop:g} points", measured, passed, reason)
+        f"{m.name} dropped {drop:.1f} points ({conf} CI {drop_lo:.1f} to {drop_hi:.1f}{test}{detail}) > allowed "
+        f"{config.max_drop:g}")
+    return Check(f"{m.name} drop", f"drop <= {config.max_drop:g} points", measured, passed, reason)
 
 
-def _class_check(per_class: list[ClassRecall], max_class_drop: float) -> Check:
-    scored = [r for r in per_class if r.delta_points is not None]
+def _class_check(ev: GateEvidence, max_class_drop: float) -> Check:
+    name, limit = f"class {ev.class_metric} drop", f"drop <= {max_class_drop:g} points per class"
+    scored = [r for r in ev.per_class if r.delta_points is not None]
+    if not scored:
+        return Check(name, limit, f"no class has test {ev.support_unit}", True)
     worst = min(scored, key=lambda r: r.delta_points)
     failed = [r for r in scored if -r.delta_points > max_class_drop + _EPS]
     reason = None
     if failed:
         reason = "; ".join(
-            f"recall of class {r.name!r} dropped {-r.delta_points:.1f} points ({r.baseline:.1%} -> {r.candidate:.1%}, "
-            f"{r.support} images) > allowed {max_class_drop:g}" for r in failed)
+            f"{ev.class_metric} of class {r.name!r} dropped {-r.delta_points:.1f} points ({r.baseline:.1%} -> "
+            f"{r.candidate:.1%}, {r.support} {ev.support_unit}) > allowed {max_class_drop:g}" for r in failed)
     measured = f"worst {_signed(worst.delta_points)} points ({worst.name})"
-    return Check("class recall drop", f"drop <= {max_class_drop:g} points per class", measured, not failed, reason)
+    return Check(name, limit, measured, not failed, reason)
 
 
 def _resource_checks(config: GateConfig, latency_ms: float | None, size_mb: float | None) -> list[Check]:
@@ -260,16 +288,17 @@ def _resource_checks(config: GateConfig, latency_ms: float | None, size_mb: floa
     return out
 
 
-def _warnings(delta: float, ci: tuple[float, float], p: float, n: int, config: GateConfig) -> list[str]:
+def _warnings(m: MetricCheck, n: int, config: GateConfig) -> list[str]:
     out = []
+    (lo, hi), delta = m.delta_ci_points, m.delta_points
     within = -delta <= config.max_drop + _EPS
-    if within and ci[0] < -config.max_drop - _EPS:
-        out.append(f"the {config.confidence:.0%} CI of the accuracy change ({_signed(ci[0])} to {_signed(ci[1])} "
+    if within and lo < -config.max_drop - _EPS:
+        out.append(f"the {config.confidence:.0%} CI of the {m.name} change ({_signed(lo)} to {_signed(hi)} "
                    f"points) reaches past the allowed drop of {config.max_drop:g}: these {n} test images cannot "
                    "rule out a larger regression")
-    if within and delta < 0 and p < 1 - config.confidence:
+    if within and delta < 0 and m.p_value is not None and m.p_value < 1 - config.confidence:
         out.append(f"the drop of {-delta:.2f} points is within the limit but statistically significant "
-                   f"(McNemar p={p:.3g})")
+                   f"({m.test} p={m.p_value:.3g})")
     return out
 
 

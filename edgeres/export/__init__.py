@@ -25,8 +25,11 @@ from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_v
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres import runtime
-from edgeres.models.base import named_outputs
+from edgeres.evaluate.predict import evaluate_runner
+from edgeres.export.onnx.convert import export_module
+from edgeres.models.base import evaluating, named_outputs
 from edgeres.runtime.base import run_any_batch
+from edgeres.runtime.embedded import OUTPUT_NAME
 from edgeres.tasks import get_task
 
 log = logging.getLogger("edgeres")
@@ -52,6 +55,10 @@ class ExportConfig:
     validate_size: int = 64             # validation-split images compared against PyTorch
     trt_max_batch: int = 8
     trt_workspace_mb: int = 1024
+    nms: bool = False                   # a detector's NMS in the graph: output "detections" (N, max_det, 6)
+    max_det: int = 100                  # detections kept per image
+    nms_iou: float = 0.6                # boxes of a class overlapping more than this are suppressed
+    nms_conf: float = 0.25              # boxes scoring below this are dropped
 
     def __post_init__(self) -> None:
         for field, values, allowed in (("formats", self.formats, FORMATS), ("precisions", self.precisions, PRECISIONS)):
@@ -62,6 +69,14 @@ class ExportConfig:
             raise UserInputError("calib_size and validate_size must be positive")
         if self.max_drop is not None and not 0 <= self.max_drop < 100:
             raise UserInputError(f"max_drop is in accuracy points (0-100), got {self.max_drop}")
+        if not isinstance(self.nms, bool):
+            raise UserInputError(f"nms must be true or false, got {self.nms!r}")
+        if isinstance(self.max_det, bool) or not isinstance(self.max_det, int) or not 1 <= self.max_det <= 10_000:
+            raise UserInputError(f"max_det must be an integer from 1 to 10000 (detections per image), "
+                                 f"got {self.max_det!r}")
+        for field, value in (("nms_iou", self.nms_iou), ("nms_conf", self.nms_conf)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise UserInputError(f"{field} must be a number from 0 to 1, got {value!r}")
         # torch exports opsets 9 to 23 for these models; INT8 QDQ with per-channel scales needs 13 or later.
         qdq = "int8" in self.precisions and {"onnx", "tensorrt"} & set(self.formats)
         lowest, highest = (13 if qdq else 9), 23
@@ -69,10 +84,16 @@ class ExportConfig:
             raise UserInputError(f"opset must be an integer from {lowest} to {highest}"
                                  f"{' for int8 ONNX' if qdq else ''}, got {self.opset!r}")
 
+    @property
+    def nms_settings(self) -> dict[str, Any] | None:
+        """The in-graph NMS a detector's inference module takes, or None without nms."""
+        return {"max_det": self.max_det, "iou": self.nms_iou, "conf": self.nms_conf} if self.nms else None
+
 
 @dataclasses.dataclass
 class _Context:
     model: torch.nn.Module
+    output_names: list[str]  # of what the ONNX and OpenVINO files hold: model.inference_module(config's nms)
     meta: Any
     source: Path
     source_sha256: str
@@ -84,28 +105,43 @@ class _Context:
     val_pairs: list[tuple[np.ndarray, np.ndarray]]
     reference: dict[str, np.ndarray]  # the PyTorch model's outputs on val_batch, by name
     config: ExportConfig
+    bundle: Any  # the data the model's task reads: calibration, validation and the val-split metric
+    source_metric: float | None  # the checkpoint's headline metric on the val split, through its torch Runner
 
 
 def _prepare(ckpt: str | Path, out: Path, config: ExportConfig) -> _Context:
-    from edgeres.data import load_data
-    from edgeres.evaluate import data_config_for
+    from edgeres.evaluate import load_task_data
 
     source = checkpoint_dir(ckpt)
     model, meta = load_checkpoint(source)
-    bundle = load_data(data_config_for(meta, config.calib_data))
+    with evaluating(model):
+        module, names = export_module(model, config.nms_settings)  # refuses nms for a model without detections
+    if config.max_drop is not None and "openvino" in config.formats and "int8" in config.precisions \
+            and names != [OUTPUT_NAME]:
+        raise UserInputError(f"max_drop (NNCF accuracy control) ranks layers by top-1 accuracy on {OUTPUT_NAME!r}; "
+                             f"this model outputs {names}. Export without max_drop")
+    bundle = load_task_data(meta, config.calib_data)
     # Decoding images is the slow part of preparing: read only what the requested exports use.
     int8 = "int8" in config.precisions
-    calib = [x for x, _ in bundle.batches("train", 32, limit=config.calib_size)] if int8 else []
+    calib = [b[0] for b in bundle.batches("train", 32, limit=config.calib_size)] if int8 else []
     accuracy_control = int8 and config.max_drop is not None and "openvino" in config.formats
-    val_pairs = list(bundle.batches("val", 64)) if accuracy_control else []
+    val_pairs = [(b[0], b[1]) for b in bundle.batches("val", 64)] if accuracy_control else []
     val_batch = next(bundle.batches("val", config.validate_size))[0]
-    with torch.inference_mode():
-        reference = {name: out.numpy() for name, out in named_outputs(model, torch.from_numpy(val_batch)).items()}
+    with evaluating(model):
+        reference = {name: out.numpy() for name, out in named_outputs(module, torch.from_numpy(val_batch)).items()}
+    source_metric = _val_metric(runtime.load(source, backend="torch"), bundle)
     root = _staging_root(out)
     (root / "work").mkdir(parents=True)
     (root / "set").mkdir()
-    return _Context(model, meta, source, checkpoint_sha256(source), out, root / "work", root / "set", calib,
-                    val_batch, val_pairs, reference, config)
+    return _Context(model, names, meta, source, checkpoint_sha256(source), out, root / "work", root / "set", calib,
+                    val_batch, val_pairs, reference, config, bundle, source_metric)
+
+
+def _val_metric(runner: runtime.Runner, bundle: Any) -> float | None:
+    """The headline metric of the task on the val split, as `edgeres eval` measures it."""
+    task = get_task(runner.meta.task)
+    metrics, _ = evaluate_runner(runner, bundle, splits=("val",))
+    return task.headline(metrics["val"])
 
 
 def _check_out(out: Path, source: Path) -> None:
@@ -168,14 +204,20 @@ def _swap_in(new_set: Path, out: Path) -> None:
 
 
 def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict[str, Any]:
-    """Run a staged file through its edgeres Runner on real images and judge it against PyTorch."""
+    """Run a staged file through its edgeres Runner on real images and judge it against PyTorch; then measure
+    the task's headline metric on the val split, beside the checkpoint's."""
     task = get_task(ctx.meta.task)
     # fp32 files are checked in true fp32: a bf16 default would hide a broken export behind rounding.
     runner = runtime.load(staged, backend=backend, precision="fp32" if precision == "fp32" else None)
     stats = task.compare(ctx.reference, run_any_batch(runner, ctx.val_batch))
     tolerance = task.tolerance(precision)
+    failures = task.judge(stats, tolerance)
+    metric = None if failures else _val_metric(runner, ctx.bundle)
+    delta = None if metric is None or ctx.source_metric is None else metric - ctx.source_metric
     return {**stats, "executed_precision": runner.info.precision, "tolerance": dataclasses.asdict(tolerance),
-            "failures": task.judge(stats, tolerance), "inputs": "validation split"}
+            "failures": failures, "inputs": "validation split",
+            f"val_{task.metric}": metric, f"source_val_{task.metric}": ctx.source_metric,
+            f"val_{task.metric}_delta": delta}
 
 
 def _add_to_set(staged: list[Path], new_set: Path, folder: str = ".") -> dict[str, str]:
@@ -190,25 +232,26 @@ def _add_to_set(staged: list[Path], new_set: Path, folder: str = ".") -> dict[st
     return hashes
 
 
-def _float_onnx(ctx: _Context, dynamic_batch: bool) -> Path:
-    """The fp32 ONNX of this export run, made once (a file left by an earlier run is never reused)."""
+def _float_onnx(ctx: _Context, dynamic_batch: bool, nms: dict[str, Any] | None) -> Path:
+    """An fp32 ONNX of this export run, made once (a file left by an earlier run is never reused)."""
     from edgeres.export.onnx.convert import export_onnx
 
-    path = ctx.staging / ("float.dynamic.onnx" if dynamic_batch else "float.static.onnx")
+    path = ctx.staging / f"float.{'dynamic' if dynamic_batch else 'static'}{'.nms' if nms else ''}.onnx"
     if not path.exists():
         export_onnx(ctx.model, ctx.meta, path, opset=ctx.config.opset, dynamic_batch=dynamic_batch,
-                    source_sha256=ctx.source_sha256)
+                    source_sha256=ctx.source_sha256, nms=nms)
     return path
 
 
 def _onnx(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]]:
     from edgeres.export.onnx.quantize import quantize_onnx
 
-    source = _float_onnx(ctx, ctx.config.dynamic_batch)
+    source = _float_onnx(ctx, ctx.config.dynamic_batch, ctx.config.nms_settings)
     dst = ctx.staging / f"model.{precision}.onnx"
     if precision == "fp32":
         shutil.copyfile(source, dst)
-        return [dst], {"opset": ctx.config.opset, "dynamic_batch": ctx.config.dynamic_batch}
+        return [dst], {"opset": ctx.config.opset, "dynamic_batch": ctx.config.dynamic_batch,
+                       "output_names": ctx.output_names, "nms": ctx.config.nms_settings}
     record = quantize_onnx(source, dst, ctx.calib, keep_attention_float=ctx.config.keep_attention_float)
     return [dst], {"quantization": record}
 
@@ -218,13 +261,14 @@ def _openvino(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]
     from edgeres.export.openvino.quantize import quantize_openvino, quantize_openvino_with_accuracy_control
 
     xml = ctx.staging / f"model.{precision}.xml"
+    nms = ctx.config.nms_settings
     if precision in ("fp32", "fp16"):
         record = export_openvino(ctx.model, ctx.meta, xml, precision=precision,
-                                 dynamic_batch=ctx.config.dynamic_batch, source_sha256=ctx.source_sha256)
+                                 dynamic_batch=ctx.config.dynamic_batch, source_sha256=ctx.source_sha256, nms=nms)
         return [xml, xml.with_suffix(".bin")], record
     float_xml = ctx.staging / "float.tmp.xml"
     export_openvino(ctx.model, ctx.meta, float_xml, precision="fp32", dynamic_batch=ctx.config.dynamic_batch,
-                    source_sha256=ctx.source_sha256)
+                    source_sha256=ctx.source_sha256, nms=nms)
     if ctx.config.max_drop is not None:
         record = quantize_openvino_with_accuracy_control(
             float_xml, ctx.calib, ctx.val_pairs, xml, max_drop=ctx.config.max_drop / 100,
@@ -238,9 +282,11 @@ def _tensorrt(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]
     from edgeres.export.tensorrt.convert import prepare_tensorrt
 
     bundle = ctx.staging / f"tensorrt-{precision}"
-    record = prepare_tensorrt(_float_onnx(ctx, True), bundle, precision=precision,
+    # NMS on TensorRT is its EfficientNMS plugin, added to an ONNX that ends in boxes and scores.
+    record = prepare_tensorrt(_float_onnx(ctx, True, None), bundle, precision=precision,
                               calibration=ctx.calib if precision == "int8" else None,
-                              max_batch=ctx.config.trt_max_batch, workspace_mb=ctx.config.trt_workspace_mb)
+                              max_batch=ctx.config.trt_max_batch, workspace_mb=ctx.config.trt_workspace_mb,
+                              nms=ctx.config.nms_settings)
     return [bundle], record
 
 
@@ -281,11 +327,13 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
 def _document(ctx: _Context, entries: list[dict[str, Any]], failed: list[dict[str, Any]]) -> dict[str, Any]:
     config = ctx.config
     return {
-        "source": str(ctx.source), "source_sha256": ctx.source_sha256, "arch": ctx.meta.arch,
+        "source": str(ctx.source), "source_sha256": ctx.source_sha256, "arch": ctx.meta.arch, "task": ctx.meta.task,
         "input_shape": list(ctx.meta.input_shape), "class_names": ctx.meta.class_names,
         "calibration": {"data": (config.calib_data or (ctx.meta.data or {}).get("source")), "split": "train",
                         "samples": int(sum(len(b) for b in ctx.calib))},
-        "validation": {"split": "val", "samples": int(len(ctx.val_batch))},
+        "validation": {"split": "val", "samples": int(len(ctx.val_batch)),
+                       f"source_val_{get_task(ctx.meta.task).metric}": ctx.source_metric},
+        "output_names": ctx.output_names, "nms": config.nms_settings,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},

@@ -23,6 +23,10 @@ class EdgeModel(nn.Module):
     task: str = DEFAULT_TASK
     #: forward's outputs in order, named as the exported graphs name them (torch outputs carry no names).
     output_names: tuple[str, ...] = ("logits",)
+    #: Module-name prefixes INT8 quantization must leave in float (a detector's output convs).
+    keep_float: tuple[str, ...] = ()
+    #: The submodule a classification network's weights load into (a detector's backbone); None: the whole model.
+    backbone_name: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,13 +36,19 @@ class EdgeModel(nn.Module):
         """Modules whose output channels structured pruning must leave alone."""
         return [getattr(self, self.classifier_name)]
 
+    def inference_module(self, nms: dict | None = None) -> nn.Module:
+        """What runtimes run and exporters trace, with `output_names`; a classifier is its own."""
+        if nms is not None:
+            raise UserInputError(f"nms applies to detectors; {type(self).__name__} is a {self.task} model")
+        return self
+
     def freeze(self, upto: str) -> list[str]:
         """Freeze every stage up to and including `upto`; frozen BatchNorms keep their statistics."""
         if upto not in self.stage_names:
             raise UserInputError(f"cannot freeze up to {upto!r}; stages are {list(self.stage_names)}")
         names = list(self.stage_names[: self.stage_names.index(upto) + 1])
         for name in names:
-            for p in getattr(self, name).parameters():
+            for p in self.get_submodule(name).parameters():
                 p.requires_grad_(False)
         self.frozen = tuple(names)
         self.train(self.training)
@@ -47,12 +57,12 @@ class EdgeModel(nn.Module):
     def train(self, mode: bool = True) -> "EdgeModel":
         super().train(mode)
         for name in self.frozen:
-            getattr(self, name).eval()
+            self.get_submodule(name).eval()
         return self
 
 
-def named_outputs(model: EdgeModel, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`model(batch)` by the output names the model declares (forward returns one tensor or a tuple)."""
+def named_outputs(model: nn.Module, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`model(batch)` by the `output_names` the module declares (forward returns one tensor or a tuple)."""
     outputs = model(batch)
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     if len(outputs) != len(model.output_names):

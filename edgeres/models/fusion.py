@@ -49,7 +49,7 @@ class ASFFResNet(ResNet):
         # One output channel per fused level: its width is the number of levels, not a feature width.
         return [self.fc, self.fusion.weight_levels]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c3 = self.layer3(self.layer2(self.layer1(x)))
-        return self.fusion([c3, self.layer4(c3)])
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Strides 8, 16, 32: layer2's and layer3's maps, then layer3 and layer4 fused (what the classifier pools)."""
+        c3, c4, c5 = super().forward_features(x)
+        return [c3, c4, self.fusion([c4, c5])]

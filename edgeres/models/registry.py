@@ -9,10 +9,12 @@ from typing import Any, Callable
 from torch import nn
 
 from edgeres.errors import UserInputError
+from edgeres.meta import DEFAULT_TASK
 
 from edgeres.models.fusion import ASFFResNet
 from edgeres.models.resnet import ResNet
 from edgeres.models.resnet_v2 import ResNetV2
+from edgeres.models.yolo import YOLO
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _VARIANT_ARGS: dict[str, dict[str, Any]] = {}
@@ -43,6 +45,13 @@ def _check_name(name: str) -> None:
         close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserInputError(f"unknown model {name!r}{hint} (`edgeres models` lists all {len(_MODELS)})")
+
+
+def model_task(name: str) -> str:
+    """The task variant `name` serves (its class's `task`), known before it is built: training opens its data
+    the task's way first, since the model's size depends on the data's classes."""
+    _check_name(name)
+    return getattr(_MODELS[name].func, "task", DEFAULT_TASK)
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
@@ -77,6 +86,10 @@ for _name in ("resnet18", "resnet50"):
 register_model("resnet50v2", ResNetV2, layers=_R50)
 register_model("se_resnet50v2", ResNetV2, layers=_R50, **_SE)
 register_model("asff_resnet50", ASFFResNet, block="bottleneck", layers=_R50)
+# Detectors: the same backbone variants under a YOLOv3 neck and heads.
+register_model("yolo_resnet18", YOLO, **_RESNETS["resnet18"])
+register_model("yolo_se_resnet18", YOLO, **_RESNETS["resnet18"], **_SE)
+register_model("yolo_simam_resnet18", YOLO, **_RESNETS["resnet18"], **_SIMAM)
 
 # Tiny variants, one per family, so tests sweep the whole zoo in seconds.
 register_model("test_resnet", ResNet, block="basic", **_TINY)
@@ -86,3 +99,4 @@ register_model("test_simam_resnet", ResNet, block="basic", **_TINY, **_SIMAM)
 register_model("test_resnet_v2", ResNetV2, **_TINY)
 register_model("test_se_resnet_v2", ResNetV2, **_TINY, attn_layer="se", attn_kwargs=_TINY_SE)
 register_model("test_asff_resnet", ASFFResNet, block="bottleneck", **_TINY, fuse_channels=32, fuse_compress=4)
+register_model("test_yolo", YOLO, block="basic", **_TINY, neck_widths=(16, 16, 32))

@@ -90,7 +90,9 @@ class ResNet(EdgeModel):
     def __init__(self, block: str = "basic", layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 1000,
                  in_chans: int = 3, channels: tuple[int, ...] = (64, 128, 256, 512), stem_width: int = 64,
                  attn_layer: str | None = None, attn_site: str = "out", attn_kwargs: dict | None = None,
-                 zero_init_last: bool = False, drop_rate: float = 0.0):
+                 zero_init_last: bool = False, drop_rate: float = 0.0, features_only: bool = False):
+        """features_only: no pooling or classifier; forward returns the stride 8, 16, 32 maps (a detector's
+        backbone, like timm's features_only)."""
         super().__init__()
         block_cls = _lookup(BLOCKS, block, "block")
         if attn_site not in ATTN_SITES:
@@ -109,9 +111,13 @@ class ResNet(EdgeModel):
             self.add_module(f"layer{i + 1}", stage)
             self.stage_channels.append(inplanes)
         self.num_features = inplanes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.fc = nn.Linear(inplanes, num_classes)
+        self.features_only = features_only
+        if features_only:
+            self.stage_names = tuple(n for n in self.stage_names if n != self.classifier_name)
+        else:
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+            self.fc = nn.Linear(inplanes, num_classes)
         self._init_weights(zero_init_last)
 
     @staticmethod
@@ -138,12 +144,24 @@ class ResNet(EdgeModel):
                 if last_bn is not None:
                     nn.init.zeros_(last_bn.weight)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    @property
+    def feature_channels(self) -> tuple[int, int, int]:
+        """Channels of `forward_features`' three maps; the last is what the classifier pools."""
+        return self.stage_channels[1], self.stage_channels[2], self.num_features
+
+    def prune_ignored(self) -> list[nn.Module]:
+        return [] if self.features_only else super().prune_ignored()
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of layer2, layer3 and layer4: strides 8, 16 and 32."""
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        c3 = self.layer2(x)
+        c4 = self.layer3(c3)
+        return [c3, c4, self.layer4(c4)]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(torch.flatten(self.avgpool(x), 1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        features = self.forward_features(x)
+        return features if self.features_only else self.forward_head(features[-1])

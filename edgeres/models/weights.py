@@ -27,9 +27,15 @@ class LoadReport:
     loaded: int = 0
     reinitialized: list[str] = dataclasses.field(default_factory=list)
     adapted: list[str] = dataclasses.field(default_factory=list)
+    #: The submodule the weights went into ("" for the whole model), e.g. a detector's backbone.
+    into: str = ""
+    #: The file's classifier tensors, which a backbone has no place for.
+    dropped: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [f"loaded {self.loaded} tensors from {self.source}"]
+        parts = [f"loaded {self.loaded} tensors from {self.source}" + (f" into {self.into}" if self.into else "")]
+        if self.dropped:
+            parts.append(f"dropped {', '.join(self.dropped)} (a backbone has no classifier)")
         if self.reinitialized:
             parts.append(f"re-initialised {', '.join(self.reinitialized)} (class count differs)")
         if self.adapted:
@@ -85,12 +91,23 @@ def _adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 
 def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load `path` into `model`: re-initialise a classifier of another class count, adapt the stem's channels."""
+    """Load `path` into `model`: re-initialise a classifier of another class count, adapt the stem's channels.
+
+    A model that declares a `backbone_name` (a detector) takes a classification network's weights into that
+    submodule, without the classifier; a file of the whole model (keys under the backbone's name) loads whole.
+    """
     state = read_state_dict(path)
-    own = model.state_dict()
+    backbone = getattr(model, "backbone_name", None)
     report = LoadReport(source=str(path))
+    if backbone and not any(k.startswith(backbone + ".") for k in state):
+        model, report.into = model.get_submodule(backbone), backbone
+    own = model.state_dict()
     classifier = getattr(model, "classifier_name", "fc")
     for key in list(state):
+        if key not in own and key.startswith(classifier + ".") and not hasattr(model, classifier):
+            del state[key]
+            report.dropped.append(key)
+            continue
         if key not in own or state[key].shape == own[key].shape:
             continue
         if key.startswith(classifier + "."):

@@ -1,4 +1,4 @@
-"""Benchmark charts: accuracy against latency and size, latency distributions, confusion matrices."""
+"""Benchmark charts: the task's headline metric against latency and size, latency distributions, confusion matrices."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgeres.meta import DEFAULT_TASK
 from edgeres.plots import plot_confusion, save_figure  # selects the Agg backend before pyplot loads
+from edgeres.tasks import Task, get_task
 
 import matplotlib  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
@@ -38,10 +40,9 @@ def engine_latency(artifact: dict[str, Any]) -> dict[str, Any] | None:
     return ((artifact.get("latency") or {}).get("engine")) or None
 
 
-def accuracy(artifact: dict[str, Any]) -> float | None:
-    """Top-1 accuracy (fraction) of one results.json artifact, or None."""
-    value = (artifact.get("metrics") or {}).get("accuracy")
-    return float(value) if value is not None else None
+def headline(artifact: dict[str, Any], task: Task) -> float | None:
+    """The task's headline metric (a fraction: accuracy, mAP) of one results.json artifact, or None."""
+    return task.headline(artifact.get("metrics"))
 
 
 def p50_per_image(artifact: dict[str, Any]) -> float | None:
@@ -56,8 +57,9 @@ def slug(name: str) -> str:
 
 
 def plot_tradeoff(names: Sequence[str], cost: Sequence[float], acc: Sequence[float], groups: Sequence[str],
-                  path: str | Path, xlabel: str, title: str) -> Path:
-    """Accuracy (%) against a cost (latency or size), one colour per group, the Pareto front drawn as steps."""
+                  path: str | Path, xlabel: str, title: str, ylabel: str = "accuracy (%)") -> Path:
+    """A metric (a fraction, drawn in %) against a cost (latency or size), one colour per group, the Pareto front
+    drawn as steps."""
     cost_a, acc_a = np.asarray(cost, float), 100.0 * np.asarray(acc, float)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, group in enumerate(sorted(set(groups))):
@@ -73,7 +75,7 @@ def plot_tradeoff(names: Sequence[str], cost: Sequence[float], acc: Sequence[flo
     if cost_a.min() > 0 and cost_a.max() / cost_a.min() > _LOG_SPREAD:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -98,25 +100,33 @@ def plot_latency_distributions(names: Sequence[str], samples_ms: Sequence[Sequen
     return save_figure(fig, path)
 
 
-def write_charts(artifacts: list[dict[str, Any]], plots_dir: str | Path) -> list[tuple[str, Path]]:
-    """Draw every chart the data allows into `plots_dir`; returns (caption, path) pairs in report order."""
+def write_charts(artifacts: list[dict[str, Any]], plots_dir: str | Path,
+                 task: Task | None = None) -> list[tuple[str, Path]]:
+    """Draw every chart the data allows into `plots_dir`; returns (caption, path) pairs in report order.
+
+    task: whose headline metric the trade-off charts plot (default: the artifacts' task).
+    """
     plots_dir = Path(plots_dir)
+    if task is None:
+        task = get_task(str(artifacts[0].get("task") or DEFAULT_TASK) if artifacts else DEFAULT_TASK)
+    label = task.report_columns[0].replace(" %", "")
+    title = label[:1].upper() + label[1:]
     names = [a["name"] for a in artifacts]
     out: list[tuple[str, Path]] = []
     timed = [(i, p50) for i, a in enumerate(artifacts)
-             if (p50 := p50_per_image(a)) is not None and accuracy(a) is not None]
+             if (p50 := p50_per_image(a)) is not None and headline(a, task) is not None]
     if timed:
         idx = [i for i, _ in timed]
-        out.append(("Accuracy vs p50 latency per image", plot_tradeoff(
-            [names[i] for i in idx], [p for _, p in timed], [accuracy(artifacts[i]) for i in idx],
+        out.append((f"{title} vs p50 latency per image", plot_tradeoff(
+            [names[i] for i in idx], [p for _, p in timed], [headline(artifacts[i], task) for i in idx],
             [_group(artifacts[i]) for i in idx], plots_dir / "accuracy_latency.png",
-            "p50 engine latency per image (ms)", "Accuracy vs latency")))
-    sized = [i for i, a in enumerate(artifacts) if a.get("size_bytes") is not None and accuracy(a) is not None]
+            "p50 engine latency per image (ms)", f"{title} vs latency", f"{label} (%)")))
+    sized = [i for i, a in enumerate(artifacts) if a.get("size_bytes") is not None and headline(a, task) is not None]
     if sized:
-        out.append(("Accuracy vs size", plot_tradeoff(
+        out.append((f"{title} vs size", plot_tradeoff(
             [names[i] for i in sized], [artifacts[i]["size_bytes"] / 1e6 for i in sized],
-            [accuracy(artifacts[i]) for i in sized], [_group(artifacts[i]) for i in sized],
-            plots_dir / "accuracy_size.png", "size (MB)", "Accuracy vs size")))
+            [headline(artifacts[i], task) for i in sized], [_group(artifacts[i]) for i in sized],
+            plots_dir / "accuracy_size.png", "size (MB)", f"{title} vs size", f"{label} (%)")))
     sampled = [i for i, a in enumerate(artifacts) if (engine_latency(a) or {}).get("samples_ms")]
     if sampled:
         out.append(("Latency distributions", plot_latency_distributions(

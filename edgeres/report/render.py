@@ -143,7 +143,7 @@ def render_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Pat
     """Write report.md, report.html and plots/*.png into `out_dir`; returns {relative name: path}."""
     out_dir = Path(out_dir)
     artifacts = _artifacts(results)
-    charts = write_charts(artifacts, out_dir / "plots")
+    charts = write_charts(artifacts, out_dir / "plots", results_task(artifacts))
     images = [Image(caption, path, path.relative_to(out_dir).as_posix()) for caption, path in charts]
     blocks = _blocks(results, artifacts, images)
     written = {img.rel: img.path for img in images}
@@ -238,6 +238,14 @@ def _gate_blocks(gate: dict[str, Any]) -> list[Block]:
             f"{_fmt(gate.get('confidence'), '.0%')} CI {_fmt(lo, '+.2f')} to {_fmt(hi, '+.2f')}; McNemar "
             f"p={_fmt(gate.get('mcnemar_p'), '.3g')} ({_fmt(gate.get('mcnemar_b'), 'd')} images newly wrong, "
             f"{_fmt(gate.get('mcnemar_c'), 'd')} newly right)."))
+    else:
+        for m in gate.get("metric_checks") or []:
+            lo, hi = m.get("delta_ci_points") or (None, None)
+            blocks.append(Para(
+                f"{m['name']} {_fmt(_scaled(m.get('baseline'), 0.01), '.2f')}% (baseline) → "
+                f"{_fmt(_scaled(m.get('candidate'), 0.01), '.2f')}% (candidate) on {_fmt(gate.get('n'), 'd')} images: "
+                f"{_fmt(m.get('delta_points'), '+.2f')} points, {_fmt(gate.get('confidence'), '.0%')} paired-bootstrap "
+                f"CI {_fmt(lo, '+.2f')} to {_fmt(hi, '+.2f')}."))
     notes = [f"Failed: {r}" for r in gate.get("reasons") or []]
     notes += [f"Warning: {w}" for w in gate.get("warnings") or []]
     if notes:

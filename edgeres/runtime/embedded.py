@@ -13,10 +13,15 @@ from typing import Any
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"  # OUTPUT_NAME: a classifier's one output
+DETECTIONS = "detections"  # a detector's output with NMS in the graph: (N, max_det, 6) [x1, y1, x2, y2, score, class]
 META_KEY = "edgeres"  # ONNX metadata_props key: JSON of ModelMeta.to_dict()
 RT_KEY = "edgeres"  # OpenVINO rt_info section: edgeres/meta (JSON of ModelMeta.to_dict()), edgeres/source_sha256, ...
 LOW_BIT_TYPES = {"i8", "u8", "i4", "u4"}
+# JSON fields every export carries beside the metadata (ONNX metadata_props, IR rt_info, engine sidecar):
+# the graph's outputs in order, the NMS settings built into it (null: none), and the module-name prefixes
+# INT8 quantization keeps in float (the model's keep_float).
+GRAPH_FIELDS = {"output_names": [OUTPUT_NAME], "nms": None, "keep_float": []}
 
 
 def read_meta(props: dict[str, str], path: str | Path) -> ModelMeta:
@@ -54,6 +59,18 @@ def read_edgeres_info(ov_model: Any, path: str | Path = "model") -> tuple[ModelM
     section = ov_model.get_rt_info()[RT_KEY]
     fields = {key: value.astype(str) for key, value in section.items() if key != "meta"}
     return meta, {key: value or None for key, value in fields.items()}
+
+
+def graph_fields(fields: dict[str, str | None], path: str | Path = "model") -> dict[str, Any]:
+    """GRAPH_FIELDS decoded from an export's string fields; a file written before they existed gets the defaults."""
+    decoded = {}
+    for key, default in GRAPH_FIELDS.items():
+        raw = fields.get(key)
+        try:
+            decoded[key] = json.loads(raw) if raw else default
+        except json.JSONDecodeError as e:
+            raise UserInputError(f"{path}: its metadata field {key!r} is not valid JSON ({e})") from e
+    return decoded
 
 
 def check_ir_path(path: str | Path) -> Path:

@@ -1,7 +1,9 @@
-"""TensorRT backend: runs a serialized engine (TensorRT 10 API) on an NVIDIA GPU through torch CUDA tensors.
+"""TensorRT backend: runs a serialized engine (the name-based API of TensorRT 8.5 and later) on an NVIDIA GPU
+through torch CUDA tensors.
 
 An engine file holds no edgeres metadata, so the runner reads `<engine>.json`, the sidecar that
-build_engine() and the bundle's build scripts write beside it.
+build_engine() and the bundle's build scripts write beside it. An engine ending in TensorRT's EfficientNMS
+plugin gives its four outputs; the runner returns them as one "detections" array, as the other backends do.
 """
 from __future__ import annotations
 
@@ -14,6 +16,21 @@ import numpy as np
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
 from edgeres.runtime.base import Outputs, Runner, RunnerInfo
+from edgeres.runtime.embedded import DETECTIONS
+
+#: EfficientNMS_TRT's outputs in order, as edgeres names them when it adds the plugin (edgeres.export.tensorrt.nms).
+EFFICIENT_NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
+
+
+def assemble_detections(num_dets: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                        classes: np.ndarray) -> np.ndarray:
+    """EfficientNMS's outputs as "detections" (N, max_det, 6) `[x1, y1, x2, y2, score, class]`, float32; rows
+    past each image's count are zeros with class -1, like the in-graph NMS of the other backends."""
+    n, max_det = scores.shape
+    found = np.arange(max_det)[None, :] < np.asarray(num_dets).reshape(n, 1)
+    rows = np.concatenate([boxes, scores[..., None], classes[..., None]], axis=-1).astype(np.float32)
+    padding = np.array([0, 0, 0, 0, 0, -1], dtype=np.float32)
+    return np.where(found[..., None], rows, padding)
 
 
 def unavailable_reason() -> str | None:
@@ -35,7 +52,7 @@ def sidecar_path(engine: str | Path) -> Path:
 
 
 class TensorRTRunner(Runner):
-    """A TensorRT engine with one input "input" and one output, fed from numpy through CUDA memory."""
+    """A TensorRT engine with one input "input" and its named outputs, fed from numpy through CUDA memory."""
 
     def __init__(self, path: str | Path, precision: str | None = None, threads: int | None = None):
         path = Path(path)
@@ -59,9 +76,10 @@ class TensorRTRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise UserInputError(f"{path}: expected one input and one output tensor, found {inputs} and {outputs}")
-        self._input, self._output = inputs[0], outputs[0]
+        if len(inputs) != 1 or not outputs:
+            raise UserInputError(f"{path}: expected one input and at least one output tensor, found {inputs} "
+                                 f"and {outputs}")
+        self._input, self._outputs = inputs[0], outputs
         dims = tuple(self.engine.get_tensor_shape(self._input))
         self._max_batch = dims[0] if dims[0] != -1 else self.engine.get_tensor_profile_shape(self._input, 0)[2][0]
         self.info = RunnerInfo(
@@ -88,15 +106,26 @@ class TensorRTRunner(Runner):
         if self.engine.get_tensor_dtype(self._input) == trt.DataType.HALF:
             x = x.half()
         self.context.set_input_shape(self._input, tuple(x.shape))
-        out_dtype = torch.float16 if self.engine.get_tensor_dtype(self._output) == trt.DataType.HALF else torch.float32
-        y = torch.empty(tuple(self.context.get_tensor_shape(self._output)), dtype=out_dtype, device="cuda")
         self.context.set_tensor_address(self._input, x.data_ptr())
-        self.context.set_tensor_address(self._output, y.data_ptr())
+        results = {}
+        for name in self._outputs:
+            dtype = _TORCH_TYPES[str(self.engine.get_tensor_dtype(name)).rsplit(".", 1)[-1]]
+            results[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=getattr(torch, dtype),
+                                        device="cuda")
+            self.context.set_tensor_address(name, results[name].data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT failed to execute the engine")
         stream.synchronize()
-        return {self._output: y.float().cpu().numpy()}
+        arrays = {name: (y.float() if y.is_floating_point() else y).cpu().numpy() for name, y in results.items()}
+        if set(arrays) == set(EFFICIENT_NMS_OUTPUTS):
+            return {DETECTIONS: assemble_detections(*(arrays[name] for name in EFFICIENT_NMS_OUTPUTS))}
+        return arrays
+
+
+# TensorRT tensor types (DataType member names) -> torch dtypes of the buffers that receive them.
+_TORCH_TYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64", "INT8": "int8",
+                "BOOL": "bool", "UINT8": "uint8", "BF16": "bfloat16"}
 
 
 def _read_sidecar(path: Path) -> tuple[ModelMeta, str]:
@@ -111,7 +140,9 @@ def _read_sidecar(path: Path) -> tuple[ModelMeta, str]:
 
 
 def _deserialize(trt: Any, path: Path) -> tuple[Any, Any]:
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # an engine holding EfficientNMS_TRT needs its plugin registered
+    runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise UserInputError(f"{path}: TensorRT could not load this engine; engines only run with the TensorRT "

@@ -1,4 +1,4 @@
-"""PyTorch eager backend: runs an edgeres checkpoint."""
+"""PyTorch eager backend: runs an edgeres checkpoint's inference module (what its exports hold without NMS)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,6 +19,7 @@ class TorchRunner(Runner):
         if threads is not None:
             torch.set_num_threads(threads)
         self.model, self.meta = load_checkpoint(path)
+        self.module = self.model.inference_module().eval()
         self.info = RunnerInfo(
             backend="torch",
             precision="fp32",
@@ -31,4 +32,4 @@ class TorchRunner(Runner):
 
     def run(self, batch: np.ndarray) -> Outputs:
         with torch.inference_mode():
-            return {name: out.numpy() for name, out in named_outputs(self.model, torch.from_numpy(batch)).items()}
+            return {name: out.numpy() for name, out in named_outputs(self.module, torch.from_numpy(batch)).items()}

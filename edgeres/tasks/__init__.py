@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from edgeres.errors import UserInputError
-from edgeres.tasks.base import Criterion, Paired, Task
+from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Paired, Task
 from edgeres.tasks.classify import Classification
+from edgeres.tasks.detect import Detection
 
 _TASKS: dict[str, Task] = {}
 
@@ -29,5 +30,7 @@ def list_tasks() -> list[str]:
 
 
 register_task(Classification())
+register_task(Detection())
 
-__all__ = ["Criterion", "Paired", "Task", "get_task", "list_tasks", "register_task"]
+__all__ = ["ClassDelta", "Criterion", "GateEvidence", "MetricDelta", "Paired", "Task", "get_task", "list_tasks",
+           "register_task"]

@@ -1,5 +1,5 @@
-"""What a task gives the stages: its loss, how a batch is scored, how outputs become predictions, metrics,
-the comparator export validation uses, the gate's paired statistic and the report's metric columns.
+"""What a task gives the stages: its data, loss, how a batch is scored, how outputs become predictions, metrics,
+the comparator export validation uses, the gate's evidence and the report's metric columns.
 
 A stage asks `get_task(meta.task)` for these and never asks which task it serves (MMDeploy's codebase
 tasks work the same way). This module imports no torch: the report and readers of exported files use tasks.
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 import numpy as np
 
 if TYPE_CHECKING:
+    import PIL.Image
     import torch
 
 #: criterion(outputs, targets, images) -> loss; distillation passes one that also asks a teacher.
@@ -22,11 +23,55 @@ Criterion = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Te
 
 @dataclasses.dataclass(frozen=True)
 class Paired:
-    """Two models' per-image outcomes on the same test images: what the gate resamples and counts."""
+    """Two classifiers' per-image outcomes on the same test images."""
 
     labels: np.ndarray
     baseline: np.ndarray  # bool per image: the baseline got it right
     candidate: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricDelta:
+    """A metric the gate limits, under both models on the same test images: fractions, and the change in points."""
+
+    key: str  # its key in metrics.json: "accuracy", "map50"
+    name: str  # how checks and reasons call it: "accuracy", "mAP@0.5"
+    baseline: float
+    candidate: float
+    delta_points: float
+    test: str | None = None  # a paired significance test reported beside the bootstrap, e.g. "McNemar"
+    p_value: float | None = None
+    detail: str | None = None  # what a failure reason adds, e.g. "20 images newly wrong, 0 newly right"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassDelta:
+    """A per-class metric under both models; None when the test set holds nothing of the class."""
+
+    name: str
+    support: int
+    baseline: float | None
+    candidate: float | None
+    delta_points: float | None
+
+
+@dataclasses.dataclass
+class GateEvidence:
+    """What a task hands the gate about two models' predictions on the same n test images.
+
+    The gate resamples image indices (the same rows for both models) and asks `resample` for the metrics'
+    changes on each row; the percentile interval of those is the paired-bootstrap CI.
+    """
+
+    n: int
+    metrics: list[MetricDelta]  # each is limited by GateConfig.max_drop; the first is the headline
+    resample: Callable[[np.ndarray], np.ndarray]  # (B, n) image indices -> (B, len(metrics)) deltas in points
+    per_class: list[ClassDelta]
+    class_metric: str  # what per_class holds, as reasons name it: "recall", "AP@0.5:0.95"
+    support_unit: str  # what a class's support counts: "images", "boxes"
+    constant: bool = False  # both models' per-image outcomes are equal, so every resampled delta is 0
+    # Figures GateResult has always carried for this task (classification: accuracies and McNemar counts)
+    legacy: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Task(abc.ABC):
@@ -40,19 +85,34 @@ class Task(abc.ABC):
     #: Report summary headers: the headline metric in percent, and its change from the baseline in points.
     report_columns: ClassVar[tuple[str, str]]
 
+    # --- data and model ---
+    @abc.abstractmethod
+    def load_data(self, config: Any) -> Any:
+        """The task's data bundle for an `edgeres.data.DataConfig` (splits, batches, labels, class names)."""
+
+    def model_kwargs(self, bundle: Any) -> dict[str, Any]:
+        """Constructor arguments the data decides (e.g. a detector's anchors), for `models.create`."""
+        return {}
+
     # --- training (torch tensors) ---
     @abc.abstractmethod
-    def criterion(self, bundle: Any, device: Any = "cpu", *, label_smoothing: float = 0.0,
+    def criterion(self, bundle: Any, device: Any = "cpu", *, model: Any = None, label_smoothing: float = 0.0,
                   class_weighted: bool = False) -> Criterion:
-        """The training loss; class_weighted: weigh classes by inverse training-split frequency."""
+        """The training loss; model: the model trained (a loss may read it, e.g. anchors); class_weighted: weigh
+        classes by inverse training-split frequency."""
 
     @abc.abstractmethod
-    def loss_sum(self, outputs: "torch.Tensor", targets: "torch.Tensor") -> "torch.Tensor":
+    def loss_sum(self, outputs: Any, targets: "torch.Tensor", model: Any = None) -> "torch.Tensor":
         """The plain validation loss, summed over the batch."""
 
     @abc.abstractmethod
-    def batch_score(self, outputs: "torch.Tensor", targets: "torch.Tensor") -> float:
-        """The headline metric summed over the batch's samples (divided by the count, it is the metric)."""
+    def soft_loss(self, student: Any, teacher: Any, temperature: float) -> "torch.Tensor":
+        """How a student's raw outputs copy a teacher's (knowledge distillation), softened by `temperature`."""
+
+    @abc.abstractmethod
+    def batch_score(self, outputs: Any, targets: "torch.Tensor") -> float | None:
+        """The headline metric summed over the batch's samples (divided by the count, it is the metric), or None
+        when the metric is not a sum over samples (mAP): the loop then scores a split only at its end."""
 
     # --- inference on any runtime (numpy) ---
     @abc.abstractmethod
@@ -71,6 +131,25 @@ class Task(abc.ABC):
     def write_plots(self, metrics: dict[str, dict[str, Any]], out: Path, class_names: list[str]) -> list[Path]:
         """Plots of each split's metrics into `out`; returns the files written."""
 
+    def write_examples(self, bundle: Any, predictions: Any, out: Path, split: str = "test") -> list[Path]:
+        """Pictures of predictions on the first images of `split` (e.g. boxes drawn on test images); none by
+        default."""
+        return []
+
+    # --- predict on a user's images (numpy and PIL) ---
+    @abc.abstractmethod
+    def prepare(self, image: "PIL.Image.Image", meta: Any) -> tuple[np.ndarray, Any]:
+        """One image to the model's input (CHW float32, prepared as the training data was) and what `describe`
+        needs to map the results back onto the image."""
+
+    @abc.abstractmethod
+    def describe(self, outputs: Mapping[str, np.ndarray], contexts: list[Any], class_names: list[str]) -> list[dict]:
+        """A batch's named outputs to one JSON-ready prediction per image, in the image's own coordinates."""
+
+    @abc.abstractmethod
+    def draw(self, image: "PIL.Image.Image", prediction: dict[str, Any]) -> "PIL.Image.Image":
+        """A copy of `image` with `prediction` drawn on it."""
+
     # --- export validation ---
     @abc.abstractmethod
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -86,8 +165,13 @@ class Task(abc.ABC):
 
     # --- gate and report ---
     @abc.abstractmethod
-    def paired(self, baseline: Any, candidate: Any, class_names: list[str]) -> Paired:
-        """Per-image outcomes of two models' predictions, refusing predictions that are not paired."""
+    def gate_evidence(self, baseline: Any, candidate: Any, class_names: list[str]) -> GateEvidence:
+        """The gate's evidence from two models' predictions of one split, refusing predictions that are not paired
+        (other images, other order, other ground truth)."""
+
+    def table_columns(self, metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(header, value) pairs of one split's metrics (or its `summary`) for a command's table."""
+        return [(key, metrics.get(key)) for key in self.summary_keys]
 
     def headline(self, metrics: dict[str, Any] | None) -> float | None:
         """The headline metric (a fraction) from one split's metrics, or None when it was not measured."""

@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from edgeres import runtime
 from edgeres.artifacts import read_json, write_json
 from edgeres.checkpoint import META_FILE, ModelMeta, checkpoint_sha256, is_checkpoint, save_checkpoint
-from edgeres.data import DataBundle, load_data, make_sampler
+from edgeres.data import DataBundle, make_sampler
 from edgeres.errors import UserInputError
 from edgeres.evaluate.predict import evaluate_runner, write_metrics
 from edgeres.meta import DEFAULT_TASK
-from edgeres.models import create
+from edgeres.models import create, model_task
 from edgeres.plots import plot_training_curves
 from edgeres.tasks import Criterion, Task, get_task
 from edgeres.train.config import TrainConfig
@@ -66,22 +66,24 @@ def _train_loader(cfg: TrainConfig, bundle: DataBundle, ctx: DistContext, epoch:
     dataset = bundle.dataset("train")
     g = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
     pin = ctx.device.type == "cuda"  # page-locked batches copy to a GPU asynchronously; a CPU gains nothing
+    collate = getattr(bundle, "collate", None)  # tasks whose samples differ in shape batch them their way
     if ctx.enabled:
         if cfg.balance == "sampler":
             raise UserInputError("balance='sampler' is not available under torchrun; use balance='loss'")
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
         sampler.set_epoch(epoch)
-        return DataLoader(dataset, cfg.batch_size, sampler=sampler, pin_memory=pin)
+        return DataLoader(dataset, cfg.batch_size, sampler=sampler, pin_memory=pin, collate_fn=collate)
     if cfg.balance == "sampler":
         return DataLoader(dataset, cfg.batch_size, sampler=make_sampler(bundle.labels("train"),
-                          len(bundle.class_names), cfg.seed * 10_007 + epoch), pin_memory=pin)
-    return DataLoader(dataset, cfg.batch_size, shuffle=True, generator=g, pin_memory=pin)
+                          len(bundle.class_names), cfg.seed * 10_007 + epoch), pin_memory=pin, collate_fn=collate)
+    return DataLoader(dataset, cfg.batch_size, shuffle=True, generator=g, pin_memory=pin, collate_fn=collate)
 
 
 def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progress=None,
                 execution: Execution = Execution(), scaler: torch.amp.GradScaler | None = None,
                 task: Task | None = None) -> tuple[float, float, int]:
-    """One pass over `loader`; returns mean loss, the task's metric on the (augmented) batches, and images seen.
+    """One pass over `loader`; returns mean loss, the task's metric on the (augmented) batches (None when the
+    task scores no single batch), and images seen.
 
     execution: the device the model (and criterion) sit on, where batches go, and the autocast dtype.
     scaler: fp16 loss scaling kept across epochs (default: a fresh one, as `execution` needs it).
@@ -100,29 +102,49 @@ def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progr
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        n = len(targets)
+        n = len(images)
         total_loss += loss.item() * n
-        score += task.batch_score(logits, targets)
+        batch_score = task.batch_score(logits, targets)
+        score = None if batch_score is None or score is None else score + batch_score
         seen += n
         if progress is not None:
             progress(n, loss=loss.item())
-    return total_loss / max(seen, 1), score / max(seen, 1), seen
+    return total_loss / max(seen, 1), None if score is None else score / max(seen, 1), seen
 
 
 @torch.no_grad()
 def validate(model: nn.Module, bundle: DataBundle, batch_size: int, execution: Execution = Execution(),
-             task: Task | None = None) -> tuple[float, float]:
-    """The task's plain loss and metric on the validation split, un-augmented, where and as the model trains."""
+             task: Task | None = None) -> tuple[float, float | None]:
+    """The task's plain loss and metric on the validation split, un-augmented, where and as the model trains.
+
+    A metric that is no sum over batches (mAP) comes from the split's predictions through the model's
+    inference module, as evaluation computes it.
+    """
     task = task or get_task(DEFAULT_TASK)
     model.eval()
+    infer = model.inference_module() if hasattr(model, "inference_module") else model
+    names = getattr(infer, "output_names", ("logits",))
     total_loss, score, seen = 0.0, 0.0, 0
+    labels, predictions = [], []
     for x, y in bundle.batches("val", batch_size):
+        images = execution.move(torch.from_numpy(x))
         with execution.autocast():
-            logits = model(execution.move(torch.from_numpy(x)))
-        target = execution.move(torch.from_numpy(y).long())
-        total_loss += task.loss_sum(logits, target).item()
-        score += task.batch_score(logits, target)
-        seen += len(y)
+            logits = model(images)
+        target = execution.move(torch.from_numpy(y))
+        total_loss += task.loss_sum(logits, target, model).item()
+        batch_score = task.batch_score(logits, target)
+        if batch_score is None:
+            with execution.autocast():
+                outputs = infer(images)
+            outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            predictions.append(task.postprocess({n: o.float().cpu().numpy() for n, o in zip(names, outputs)}))
+            labels.append(y)
+        else:
+            score += batch_score
+        seen += len(x)
+    if predictions:
+        return total_loss / max(seen, 1), task.headline(task.metrics(task.collect(labels, predictions),
+                                                                     bundle.class_names))
     return total_loss / max(seen, 1), score / max(seen, 1)
 
 
@@ -145,9 +167,11 @@ def _prepare_out(cfg: TrainConfig) -> dict[str, Any] | None:
     return None
 
 
-def make_meta(cfg: TrainConfig, bundle: DataBundle, parent: str | None = None, task: str = DEFAULT_TASK) -> ModelMeta:
+def make_meta(cfg: TrainConfig, bundle: DataBundle, parent: str | None = None, task: str = DEFAULT_TASK,
+              arch_kwargs: dict[str, Any] | None = None) -> ModelMeta:
+    """model.json of a run; arch_kwargs: what the model was built with (default: the config's model_kwargs)."""
     return ModelMeta(arch=cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
-                     arch_kwargs=dict(cfg.model_kwargs), img_size=bundle.img_size, mean=tuple(bundle.mean),
+                     arch_kwargs=dict(cfg.model_kwargs if arch_kwargs is None else arch_kwargs), img_size=bundle.img_size, mean=tuple(bundle.mean),
                      std=tuple(bundle.std), class_names=list(bundle.class_names), task=task,
                      data=bundle.config.to_dict(), parent_sha256=parent)
 
@@ -170,17 +194,20 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
     torch.manual_seed(cfg.seed)
     state = _prepare_out(cfg) if ctx.is_main or cfg.resume else None
     ctx.barrier()
-    bundle = bundle or load_data(cfg.data)
-    if bundle.skipped and ctx.is_main:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(bundle.skipped), bundle.skipped[0])
-    if model is None:
-        model = create(cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
-                       weights=cfg.weights, freeze=cfg.freeze, **cfg.model_kwargs)
-    parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
     # A model from outside the zoo declares no task: it is a classifier, as every model was before tasks.
-    meta = meta or make_meta(cfg, bundle, parent, getattr(model, "task", DEFAULT_TASK))
-    criterion = criterion or get_task(meta.task).criterion(
-        bundle, execution.device, label_smoothing=cfg.label_smoothing, class_weighted=cfg.balance == "loss")
+    task = get_task(meta.task if meta else getattr(model, "task", DEFAULT_TASK) if model else model_task(cfg.model))
+    bundle = bundle or task.load_data(cfg.data)
+    if bundle.skipped and ctx.is_main:
+        log.warning("skipped %d unreadable image(s) or label(s), e.g. %s", len(bundle.skipped), bundle.skipped[0])
+    arch_kwargs = dict(cfg.model_kwargs)
+    if model is None:
+        arch_kwargs = {**task.model_kwargs(bundle), **arch_kwargs}  # e.g. anchors fitted to the training boxes
+        model = create(cfg.model, num_classes=len(bundle.class_names), in_chans=bundle.in_chans,
+                       weights=cfg.weights, freeze=cfg.freeze, **arch_kwargs)
+    parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
+    meta = meta or make_meta(cfg, bundle, parent, task.name, arch_kwargs)
+    criterion = criterion or task.criterion(bundle, execution.device, model=model,
+                                            label_smoothing=cfg.label_smoothing, class_weighted=cfg.balance == "loss")
     # Weights are created (and saved) on the CPU; only the epochs run on the device.
     with placed(execution, model, criterion if isinstance(criterion, nn.Module) else None):
         history, best, stopped_early = _fit(cfg, ctx, execution, model, criterion, meta, bundle, state)
@@ -229,7 +256,8 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
                           enabled=ctx.is_main) as advance:
             train_loss, train_score, seen = train_epoch(net, loader, optimizer, criterion, advance, execution, scaler,
                                                         task)
-        train_loss, train_score = ctx.all_reduce_mean(train_loss), ctx.all_reduce_mean(train_score)
+        train_loss = ctx.all_reduce_mean(train_loss)
+        train_score = None if train_score is None else ctx.all_reduce_mean(train_score)
         val_loss, val_score = validate(model, bundle, max(cfg.batch_size, 128), execution, task)
         lr = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -239,6 +267,7 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
         row = {"epoch": epoch + 1, "train_loss": train_loss, f"train_{task.metric}": train_score,
                "val_loss": val_loss, f"val_{task.metric}": val_score, "lr": lr, "samples_per_process": seen,
                "seconds": round(time.perf_counter() - t0, 3)}
+        row = {k: v for k, v in row.items() if v is not None}
         history.append(row)
         improved = val_loss < best["val_loss"]
         if improved:
@@ -246,8 +275,8 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
         else:
             bad_epochs += 1
         if ctx.is_main:
-            log.info("epoch %d/%d  train loss %.4f %s %.4f  val loss %.4f %s %.4f  lr %.2e  %.1fs%s",
-                     epoch + 1, cfg.epochs, train_loss, task.metric, train_score, val_loss, task.metric, val_score,
+            log.info("epoch %d/%d  train loss %.4f%s  val loss %.4f%s  lr %.2e  %.1fs%s",
+                     epoch + 1, cfg.epochs, train_loss, _score(task, train_score), val_loss, _score(task, val_score),
                      lr, row["seconds"], "  *best" if improved else "")
             if improved:
                 meta.history = {"best_epoch": epoch + 1, "epochs": history}
@@ -265,12 +294,17 @@ def _fit(cfg: TrainConfig, ctx: DistContext, execution: Execution, model: nn.Mod
     return history, best, stopped_early
 
 
+def _score(task: Task, value: float | None) -> str:
+    return "" if value is None else f" {task.metric} {value:.4f}"
+
+
 def finalize_run(out_dir: Path, history: list[dict[str, Any]], bundle: DataBundle) -> dict[str, Any]:
     """Evaluate the best checkpoint through the same Runner `edgeres eval` uses; record metrics and plots."""
     runner = runtime.load(out_dir, backend="torch")
     task = get_task(runner.meta.task)
-    metrics, _ = evaluate_runner(runner, bundle)
-    write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names, task)
+    metrics, predictions = evaluate_runner(runner, bundle)
+    write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names, task,
+                  examples=(bundle, predictions.get("test")))
     if history:
         plot_training_curves(history, out_dir / "curves.png", task.metric)
     write_json(out_dir / "history.json", history)

@@ -5,10 +5,11 @@ requested opset (17, which TensorRT 8.5 on JetPack 5 parses), needs no onnxscrip
 second, and after onnxslim gives the same graph as the dynamo path. The dynamo exporter stays
 selectable (exporter="dynamo") for when TorchScript export is removed; it emits opset 18 at least.
 """
-from edgeres.export.onnx.convert import INPUT_NAME, META_KEY, OUTPUT_NAME, export_onnx, read_onnx_meta
-from edgeres.export.onnx.quantize import find_attention_nodes, quantize_onnx, tensorrt_qdq_problems
+from edgeres.export.onnx.convert import (INPUT_NAME, META_KEY, OUTPUT_NAME, export_module, export_onnx,
+                                         read_onnx_meta, run_onnx)
+from edgeres.export.onnx.quantize import find_attention_nodes, find_scope_nodes, quantize_onnx, tensorrt_qdq_problems
 
 __all__ = [
-    "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "export_onnx", "find_attention_nodes", "quantize_onnx",
-    "read_onnx_meta", "tensorrt_qdq_problems",
+    "INPUT_NAME", "META_KEY", "OUTPUT_NAME", "export_module", "export_onnx", "find_attention_nodes",
+    "find_scope_nodes", "quantize_onnx", "read_onnx_meta", "run_onnx", "tensorrt_qdq_problems",
 ]

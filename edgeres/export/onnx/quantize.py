@@ -14,13 +14,15 @@ import json
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from edgeres.artifacts import atomic_path, sha256_file
 from edgeres.errors import UserInputError
-from edgeres.export.onnx.convert import INPUT_NAME, input_shape
+from edgeres.export.onnx.convert import INPUT_NAME, input_shape, run_onnx
+from edgeres.runtime.embedded import graph_fields, read_meta
+from edgeres.tasks import get_task
 
 MODES = ("cpu", "tensorrt")
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -46,12 +48,15 @@ def quantize_onnx(
     method: str = "minmax",
     per_channel: bool = True,
     keep_attention_float: bool = True,
+    keep_float: Sequence[str] | None = None,
     nodes_to_exclude: Sequence[str] = (),
     op_types_to_exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Quantize an fp32 edgeres ONNX file to static INT8 QDQ, calibrated on float32 NCHW batches.
 
     keep_attention_float: keep the gates and energy terms `find_attention_nodes` finds in float.
+    keep_float: module-name prefixes kept in float with everything downstream of them (a detector's output
+      convs and box decode); None: the prefixes the export recorded (the model's `keep_float`).
     nodes_to_exclude / op_types_to_exclude: further node names / op types to keep in float.
     """
     import onnx
@@ -64,9 +69,13 @@ def quantize_onnx(
     source = onnx.load(str(onnx_fp32))
     batches = _calibration_batches(calibration, input_shape(source))
     tensorrt = mode == "tensorrt"
+    props = {p.key: p.value for p in source.metadata_props}
+    scopes = list(graph_fields(props, onnx_fp32)["keep_float"] if keep_float is None else keep_float)
     with tempfile.TemporaryDirectory(prefix="edgeres-quant-") as tmp:
         prepared = _preprocess(onnx_fp32, Path(tmp) / "prepared.onnx")
-        kept = _float_nodes(onnx.load(str(prepared)), keep_attention_float, nodes_to_exclude, op_types_to_exclude)
+        proto = onnx.load(str(prepared))
+        kept = _float_nodes(proto, keep_attention_float, [*nodes_to_exclude, *find_scope_nodes(proto, scopes)],
+                            op_types_to_exclude)
         _quantize_static(prepared, Path(tmp) / "quantized.onnx", batches, kept, tensorrt, method, per_channel)
         result = onnx.load(str(Path(tmp) / "quantized.onnx"))
     record = {
@@ -81,6 +90,7 @@ def quantize_onnx(
         "quantize_bias": not tensorrt,
         "op_types": list(TENSORRT_OP_TYPES) if tensorrt else "all supported",
         "outputs_not_quantized": list(TENSORRT_NO_OUTPUT_QDQ) if tensorrt else [],
+        "keep_float": scopes,
         "kept_in_float": kept,
         "nodes": len(result.graph.node),
         "source": str(onnx_fp32),
@@ -91,7 +101,7 @@ def quantize_onnx(
     onnx.checker.check_model(result)
     with atomic_path(out) as tmp_path:
         onnx.save(result, str(tmp_path))
-        record["validation"] = _agreement(onnx_fp32, tmp_path, batches[0])
+        record["validation"] = _agreement(onnx_fp32, tmp_path, batches[0], read_meta(props, onnx_fp32).task)
     record.update(path=str(out), bytes=out.stat().st_size, sha256=sha256_file(out))
     return record
 
@@ -147,6 +157,54 @@ def find_attention_nodes(proto: Any) -> list[str]:
             for branch_node in _branch(node.input[0], gated, producer):
                 kept[branch_node.name] = None
     return list(kept)
+
+
+def find_scope_nodes(proto: Any, prefixes: Sequence[str]) -> list[str]:
+    """Nodes of the modules named by `prefixes` (relative to the model, e.g. "heads") and every node downstream.
+
+    torch.onnx names a node by the modules it was traced in ("/model/heads.0/Conv": a wrapper's `model`, then
+    `heads.0`), so a node belongs to prefix p when p is a run of dotted components in its scope path.
+    Everything its outputs reach is kept too: a detector's decode after the output convs (sigmoid, grid,
+    anchors, NMS). A prefix that names no node is refused: the model declared a module the graph lacks.
+    """
+    if not prefixes:
+        return []
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    seeds = []
+    for prefix in prefixes:
+        found = [node for node in proto.graph.node if in_scope(_onnx_scope(node.name), prefix)]
+        if not found:
+            raise RuntimeError(f"keep_float names {prefix!r}, but no node of the ONNX graph comes from it "
+                               f"(node names look like {[n.name for n in proto.graph.node[:3]]})")
+        seeds += found
+    return [node.name for node in downstream(seeds, lambda node: [c for out in node.output for c in consumers[out]])]
+
+
+def in_scope(path: str, prefix: str) -> bool:
+    """True when dotted module path `path` runs through module `prefix` ("model.heads.0" is in "heads")."""
+    return f".{prefix}." in f".{path}."
+
+
+def _onnx_scope(node_name: str) -> str:
+    # "/model/heads.0/Conv" -> "model.heads.0": torch.onnx repeats a parent's name in a child's segment
+    # ("/stem/stem.0/Conv"), which a dotted join keeps findable.
+    return ".".join(node_name.strip("/").split("/")[:-1])
+
+
+def downstream(seeds: list[Any], users: Callable[[Any], list[Any]], key: Callable[[Any], Any] = id) -> list[Any]:
+    """`seeds` and every node reachable from them through `users(node)`, each once (by `key`), in discovery order."""
+    found: dict[Any, Any] = {}
+    stack = list(seeds)
+    while stack:
+        node = stack.pop()
+        if key(node) in found:
+            continue
+        found[key(node)] = node
+        stack.extend(users(node))
+    return list(found.values())
 
 
 def tensorrt_qdq_problems(proto: Any) -> list[str]:
@@ -267,17 +325,10 @@ def _copy_metadata(source: Any, result: Any, record: dict[str, Any]) -> None:
     result.producer_name = "edgeres"
 
 
-def _agreement(fp32: Path, int8: Path, batch: np.ndarray) -> dict[str, Any]:
-    """fp32 vs int8 outputs on one batch, judged with the int8 tolerance (recorded, not enforced)."""
-    import onnxruntime as ort
-
-    from edgeres.export.validate import TOLERANCES, compare_outputs, judge
-
-    def run(path: Path) -> np.ndarray:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run(None, {INPUT_NAME: batch})[0]
-
-    stats = compare_outputs(run(fp32), run(int8))
+def _agreement(fp32: Path, int8: Path, batch: np.ndarray, task_name: str) -> dict[str, Any]:
+    """fp32 vs int8 outputs on one batch, judged by the model's task at the int8 tolerance (recorded, not enforced)."""
+    task = get_task(task_name)
+    stats = task.compare(run_onnx(fp32, batch), run_onnx(int8, batch))
     stats["on"] = "first calibration batch"
-    stats["failures"] = judge(stats, TOLERANCES["int8"])
+    stats["failures"] = task.judge(stats, task.tolerance("int8"))
     return stats

@@ -14,6 +14,8 @@ from torch import nn
 from edgeres.artifacts import scratch_dir
 from edgeres.errors import UserInputError
 from edgeres.meta import ModelMeta
+from edgeres.export.onnx.convert import export_module, keep_float
+from edgeres.models.base import evaluating
 from edgeres.runtime.embedded import (INPUT_NAME, LOW_BIT_TYPES, OUTPUT_NAME, RT_KEY, check_ir_path, ir_precision,
                                        read_edgeres_info, xml_path)
 
@@ -35,9 +37,12 @@ def export_openvino(
     precision: str = "fp32",
     dynamic_batch: bool = True,
     source_sha256: str | None = None,
+    nms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Convert `model` to IR at `out_xml`; fp16 stores weights in fp16 (compute precision is the runtime's)."""
+    """Convert `model.inference_module(nms)` to IR at `out_xml`, every output named as the module names it;
+    fp16 stores weights in fp16 (compute precision is the runtime's)."""
     import openvino as ov
+    from openvino.frontend import OpConversionFailure
 
     if precision not in PRECISIONS:
         raise UserInputError(f"OpenVINO export precision must be one of {PRECISIONS}, got {precision!r} "
@@ -46,31 +51,42 @@ def export_openvino(
     c, h, w = meta.input_shape
     batch = -1 if dynamic_batch else 1
     example = torch.zeros(1, c, h, w)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # OpenVINO's TorchScript path still calls torch.jit.trace, which torch now flags as deprecated.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
-            ov_model = ov.convert_model(model, example_input=example, input=[([batch, c, h, w], ov.Type.f32)])
-    finally:
-        model.train(was_training)
-    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
-    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    with evaluating(model), warnings.catch_warnings():
+        module, names = export_module(model, nms)
+        # OpenVINO's TorchScript path still calls torch.jit.trace, which torch now flags as deprecated.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        try:
+            ov_model = ov.convert_model(module, example_input=example, input=[([batch, c, h, w], ov.Type.f32)])
+        except OpConversionFailure as e:  # an op without a translation: this format fails, the others go on
+            summary = str(e).split("Summary:", 1)[-1].strip().replace("\n", " ")
+            raise RuntimeError(f"OpenVINO cannot convert this model: {summary}") from e
+    graph = {"output_names": names, "nms": nms, "keep_float": keep_float(model)}
+    name_tensors(ov_model, graph["output_names"])
     record = {
         "format": "openvino",
         "precision": precision,
         "dynamic_batch": dynamic_batch,
         "input_shape": [None if dynamic_batch else 1, c, h, w],
         "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
+        **graph,
         "openvino_version": ov.get_version(),
         "source_sha256": source_sha256,
     }
-    set_edgeres_info(ov_model, meta, {k: record[k] for k in ("precision", "source_sha256", "openvino_version")})
+    fields = {k: record[k] for k in ("precision", "source_sha256", "openvino_version")}
+    set_edgeres_info(ov_model, meta, {**fields, **{k: json.dumps(v) for k, v in graph.items()}})
     save_ir(ov_model, out_xml, compress_to_fp16=(precision == "fp16"))
     record.update(path=str(out_xml), bin_path=str(out_xml.with_suffix(".bin")))
     return record
+
+
+def name_tensors(ov_model: Any, output_names: list[str] | tuple[str, ...]) -> None:
+    """Name the input INPUT_NAME and each output as the traced module names it (conversion leaves them unnamed)."""
+    if len(ov_model.outputs) != len(output_names):
+        raise RuntimeError(f"the IR has {len(ov_model.outputs)} outputs, the model names {list(output_names)}")
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    for output, name in zip(ov_model.outputs, output_names):
+        output.get_tensor().set_names({name})
 
 
 def set_edgeres_info(ov_model: Any, meta: ModelMeta, fields: dict[str, Any]) -> None:

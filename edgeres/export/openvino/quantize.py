@@ -1,16 +1,20 @@
 """Post-training INT8 quantization of an OpenVINO IR with NNCF, keeping attention gates in float."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from edgeres.errors import UserInputError
+from edgeres.export.onnx.quantize import downstream, in_scope
 from edgeres.export.openvino.convert import (WEIGHTED_OPS, check_ir_path, float_layers, ir_precision,
                                             quantized_ops, read_edgeres_info, save_ir, set_edgeres_info, xml_path)
+from edgeres.runtime.embedded import GRAPH_FIELDS, graph_fields
 
 PRESETS = ("performance", "mixed")
 _GATES = {"Sigmoid", "HSigmoid"}
@@ -70,20 +74,26 @@ def quantize_openvino(
     out_xml: str | Path,
     *,
     ignored_attention: bool = True,
+    keep_float: Sequence[str] | None = None,
     preset: str = "performance",
     subset_size: int = 300,
     fast_bias_correction: bool = True,
 ) -> dict[str, Any]:
     """INT8-quantize a float IR with nncf.quantize from the first `subset_size` calibration samples
-    (normalised NCHW float32 batches from the training split)."""
+    (normalised NCHW float32 batches from the training split).
+
+    keep_float: module-name prefixes kept in float with every op downstream of them (a detector's output
+      convs and box decode); None: the prefixes the export recorded (the model's `keep_float`).
+    """
     import nncf
 
     model, meta, fields, xml = _read_float_ir(fp32_xml)
     out_xml = xml_path(out_xml)
     dataset, items, samples = _calibration(model, calib_batches, subset_size)
-    sites, scope = _ignored_scope(model, ignored_attention)
+    sites, scope = _ignored_scope(model, ignored_attention, _scopes(fields, keep_float, xml))
     start = time.perf_counter()
-    quantized = nncf.quantize(model, dataset, **_nncf_args(preset, items, fast_bias_correction, scope, nncf))
+    with _quiet_nncf():
+        quantized = nncf.quantize(model, dataset, **_nncf_args(preset, items, fast_bias_correction, scope, nncf))
     seconds = time.perf_counter() - start
     _save_quantized(quantized, meta, fields, samples, out_xml)
     return _record(xml, out_xml, quantized, preset, samples, sites, seconds)
@@ -97,6 +107,7 @@ def quantize_openvino_with_accuracy_control(
     max_drop: float = 0.01,
     *,
     ignored_attention: bool = True,
+    keep_float: Sequence[str] | None = None,
     preset: str = "performance",
     subset_size: int = 300,
     max_reverted: int | None = None,
@@ -113,10 +124,10 @@ def quantize_openvino_with_accuracy_control(
     out_xml = xml_path(out_xml)
     dataset, items, samples = _calibration(model, calib_batches, subset_size)
     val_items = _validation_items(model, val_batches)
-    sites, scope = _ignored_scope(model, ignored_attention)
+    sites, scope = _ignored_scope(model, ignored_attention, _scopes(fields, keep_float, xml))
     restorer = {} if max_reverted is None else {"max_num_iterations": max_reverted}
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_nncf():
         # NNCF saves its first, fully quantized model here: the diff with the result names what it reverted.
         params = nncf.AdvancedAccuracyRestorerParameters(intermediate_model_dir=tmp, **restorer)
         quantized = nncf.quantize_with_accuracy_control(
@@ -133,6 +144,18 @@ def quantize_openvino_with_accuracy_control(
     record.update(max_drop=max_drop, validation_samples=int(sum(len(y) for _, y in val_items)),
                   reverted_by_nncf=reverted)
     return record
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF logs a line for every op an ignored scope leaves in float (hundreds for a detector's decode)."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _gated_multiply(gate: Any) -> tuple[Any, Any]:
@@ -176,12 +199,43 @@ def _is_gate_math(node: Any) -> bool:
     return not (node.get_type_name() == "Add" and any(s.get_type_name() in WEIGHTED_OPS for s in sources))
 
 
-def _ignored_scope(model: Any, enabled: bool) -> tuple[list[dict[str, Any]], Any]:
+def _ignored_scope(model: Any, attention: bool, keep_float: Sequence[str]) -> tuple[list[dict[str, Any]], Any]:
+    """Attention sites (when `attention`) and the `keep_float` scopes as one NNCF ignored scope."""
     import nncf
 
-    sites = find_attention(model) if enabled else []
+    sites = find_attention(model) if attention else []
+    if keep_float:
+        sites.append({"kind": "keep-float", "scopes": list(keep_float),
+                      "ignore": find_scope_ops(model, keep_float)})
     names = sorted({n for site in sites for n in site["ignore"]})
     return sites, (nncf.IgnoredScope(names=names) if names else None)
+
+
+def find_scope_ops(ov_model: Any, prefixes: Sequence[str]) -> list[str]:
+    """Ops of the modules `prefixes` names (relative to the model, e.g. "heads") and every op downstream of them.
+
+    OpenVINO names a converted op by the module it was traced in ("__module.model.heads.0/aten::_convolution/
+    Convolution"); the ops their outputs reach (a detector's decode and NMS) are kept too. A prefix that names
+    no op is refused: the model declared a module the graph lacks.
+    """
+    seeds = []
+    for prefix in prefixes:
+        found = [op for op in ov_model.get_ordered_ops() if in_scope(_ov_scope(op.get_friendly_name()), prefix)]
+        if not found:
+            raise RuntimeError(f"keep_float names {prefix!r}, but no op of the IR comes from it")
+        seeds += found
+    users = (lambda op: [t.get_node() for out in op.outputs() for t in out.get_target_inputs()])
+    return [op.get_friendly_name() for op in downstream(seeds, users, key=lambda op: op.get_friendly_name())
+            if op.get_type_name() not in ("Constant", "Parameter", "Result")]
+
+
+def _ov_scope(name: str) -> str:
+    head = name.split("/", 1)[0]
+    return head[len("__module."):] if head.startswith("__module.") else ""
+
+
+def _scopes(fields: dict[str, Any], given: Sequence[str] | None, xml: Path) -> list[str]:
+    return list(graph_fields(fields, xml)["keep_float"] if given is None else given)
 
 
 def _nncf_args(preset: str, items: int, fast_bias_correction: bool, scope: Any, nncf: Any) -> dict[str, Any]:
@@ -201,7 +255,7 @@ def _read_float_ir(path: str | Path) -> tuple[Any, Any, dict[str, Any], Path]:
     meta, fields = read_edgeres_info(model, xml)
     if ir_precision(model)["int8"]:
         raise UserInputError(f"{xml}: already quantized; quantize the float (fp32) IR instead")
-    return model, meta, {k: v for k, v in fields.items() if k == "source_sha256"}, xml
+    return model, meta, {k: v for k, v in fields.items() if k in ("source_sha256", *GRAPH_FIELDS)}, xml
 
 
 def _calibration(model: Any, batches: Sequence[np.ndarray], subset_size: int) -> tuple[Any, int, int]:
@@ -273,11 +327,15 @@ def _record(xml: Path, out_xml: Path, quantized: Any, preset: str, samples: int,
     import nncf
     import openvino as ov
 
-    ignored = sorted({n for site in sites for n in site["ignore"]})
+    attention = [site for site in sites if site["kind"] != "keep-float"]
+    kept = [site for site in sites if site["kind"] == "keep-float"]
+    ignored = sorted({n for site in attention for n in site["ignore"]})
     return {
         "format": "openvino", "precision": "int8", "path": str(out_xml), "bin_path": str(out_xml.with_suffix(".bin")),
         "source_ir": str(xml), "preset": preset, "calibration_samples": samples,
-        "attention_sites": len(sites), "ignored_attention": ignored,
+        "attention_sites": len(attention), "ignored_attention": ignored,
+        "keep_float": [p for site in kept for p in site["scopes"]],
+        "kept_in_float": sorted({n for site in kept for n in site["ignore"]}),
         "float_layers": float_layers(quantized), "seconds": round(seconds, 2),
         "openvino_version": ov.get_version(), "nncf_version": nncf.__version__,
     }

@@ -32,6 +32,8 @@ def build(onnx_path: str, engine_path: str, *, precision: str, min_batch: int, o
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    # A detector's ONNX may hold TensorRT's EfficientNMS_TRT node: the parser finds plugins once registered.
+    trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     # Before TensorRT 10 an ONNX network must ask for explicit batch; from 10 on it is the only mode.

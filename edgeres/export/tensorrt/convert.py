@@ -10,10 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeres.artifacts import sha256_file, write_json, write_text
+from edgeres.artifacts import atomic_path, sha256_file, write_json, write_text
 from edgeres.errors import UserInputError
 from edgeres.export.onnx.convert import INPUT_NAME, META_KEY, input_shape
+from edgeres.runtime.embedded import graph_fields
 from edgeres.export.tensorrt import build_engine_template as template
+from edgeres.export.tensorrt.nms import NMS_OUTPUTS, PLUGIN, add_efficient_nms
 
 PRECISIONS = template.PRECISIONS
 ONNX_NAME = "model.onnx"
@@ -59,12 +61,15 @@ def prepare_tensorrt(
     workspace_mb: int = 1024,
     fp16_fallback: bool = True,
     calibration_method: str = "minmax",
+    nms: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a TensorRT bundle into `out_dir`: the ONNX to build from, build_engine.sh (trtexec),
     build_engine.py (TensorRT Python API) and the engine's metadata sidecar.
 
     int8 needs either `calib_onnx_int8`, a QDQ ONNX made by quantize_onnx(mode="tensorrt"), or
     `calibration`, float32 NCHW batches to make one from.
+    nms: {"max_det", "iou", "conf"} appends TensorRT's EfficientNMS plugin to a detector's ONNX exported
+    without nms (outputs "boxes", "scores"); the engine's Runner then returns "detections".
     """
     spec = EngineSpec(precision, min_batch, opt_batch, max_batch, workspace_mb, fp16_fallback)
     onnx_fp32, out_dir = Path(onnx_fp32), Path(out_dir)
@@ -80,6 +85,12 @@ def prepare_tensorrt(
         record["quantization"] = _int8_onnx(onnx_fp32, out_dir / QDQ_NAME, props, calib_onnx_int8, calibration,
                                             calibration_method)
         build_from = QDQ_NAME
+    if nms is not None:
+        for name in dict.fromkeys((ONNX_NAME, build_from)):
+            _append_nms(out_dir / name, nms)
+        record["nms"] = {**nms, "plugin": PLUGIN}
+        record["notes"].append(f"NMS runs in TensorRT's {PLUGIN} plugin; the engine's outputs {list(NMS_OUTPUTS)} "
+                               "become 'detections' in the edgeres TensorRT Runner")
     if opset > MAX_PORTABLE_OPSET:
         record["notes"].append(f"opset {opset} > {MAX_PORTABLE_OPSET}: TensorRT 8.5 (JetPack 5) cannot parse it")
     dynamic = shape[0] is None
@@ -219,9 +230,22 @@ def _int8_onnx(onnx_fp32: Path, dst: Path, props: dict[str, str], given: str | P
     return json.loads(qprops.get(QUANT_KEY, "{}"))
 
 
+def _append_nms(path: Path, nms: dict[str, Any]) -> None:
+    import onnx
+
+    edited = add_efficient_nms(onnx.load(str(path)), nms)
+    with atomic_path(path) as tmp:
+        onnx.save(edited, str(tmp))
+
+
 def _sidecar(props: dict[str, str], precision: str, onnx_name: str, onnx_path: Path) -> dict[str, Any]:
+    """What the engine's Runner reads: the model's metadata, and the outputs and NMS of the ONNX it is built from."""
+    import onnx
+
+    built_from = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
     return {"meta": json.loads(props[META_KEY]), "precision": precision, "onnx": onnx_name,
-            "onnx_sha256": sha256_file(onnx_path), "source_sha256": props.get("source_sha256") or None}
+            "onnx_sha256": sha256_file(onnx_path), "source_sha256": props.get("source_sha256") or None,
+            **graph_fields(built_from, onnx_path)}
 
 
 def _shell_script(command: list[str], props: dict[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""`edgeres check`: evaluate a baseline and a candidate on the same test images and run the gate.
+"""`edgeres check`: evaluate a baseline and a candidate on the same test images and run the gate. It sits
+above `evaluate` and `bench` (it uses both, and the bench worker uses `evaluate`).
 
 The gate only means something when the candidate was made from the baseline (exported, pruned, quantized
 from it): lineage is read from the sha256 records every edgeres artifact carries, and an unrelated pair is
@@ -11,11 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from edgeres import runtime
 from edgeres.artifacts import EXPORT_RECORD, read_json
+from edgeres.bench.latency import runner_latency
+from edgeres.bench.run import artifact_size
 from edgeres.checkpoint import checkpoint_sha256, is_checkpoint, load_meta
-from edgeres.data import load_data
 from edgeres.errors import UserInputError
-from edgeres.evaluate import data_config_for
+from edgeres.evaluate import load_task_data
 from edgeres.evaluate.gate import GateConfig, GateResult, check
 from edgeres.evaluate.predict import check_compatible, predict
 from edgeres.tasks import get_task
@@ -82,10 +85,6 @@ def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateCon
     allow_unrelated: gate a candidate that does not descend from the baseline, with a warning, instead of
     refusing it.
     """
-    from edgeres import runtime
-    from edgeres.bench.latency import runner_latency
-    from edgeres.bench.run import artifact_size
-
     base = runtime.load(baseline, threads=threads)
     cand = runtime.load(candidate, threads=threads)
     if cand.meta.task != base.meta.task:
@@ -94,7 +93,7 @@ def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateCon
     if list(base.meta.class_names or []) != list(cand.meta.class_names or []):
         raise UserInputError(f"baseline and candidate classify different classes: {base.meta.class_names} vs "
                              f"{cand.meta.class_names}")
-    bundle = load_data(data_config_for(base.meta, data))
+    bundle = load_task_data(base.meta, data)
     check_compatible(cand.meta, bundle)
     if cand.meta.input_shape != base.meta.input_shape:
         raise UserInputError(f"input shapes differ: baseline {base.meta.input_shape}, candidate "
