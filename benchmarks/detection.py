@@ -4,7 +4,7 @@ COCO mAP on the test split through `edgeres eval`'s path. Then time one 640x480 
 inference, box decode, NMS: what `edgeres predict` does) for the unpruned PyTorch FP32 model against the pruned
 OpenVINO INT8 model, interleaved in one process, as a paired ratio with an A/A control.
 
-Usage: python benchmarks/detection.py [--model yolo_resnet18] [--img-size 256] [--epochs 14]
+Usage: python benchmarks/detection.py [--model yolo_resnet18] [--img-size 256] [--epochs 20]
        [--workdir runs/detection] [--quick] [--table-only]
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def accuracy_study(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         rows[f"{a['backend']}_{a['precision']}"] = _metrics(Path(a["file"]))
     pruned = root / "pruned"
     if not (pruned / "model.safetensors").exists():
-        compress_checkpoint(base, pruned, PruneConfig(target="macs", amount=0.5),
+        compress_checkpoint(base, pruned, PruneConfig(target="macs", amount=0.5, round_to=args.round_to),
                             FinetuneConfig(epochs=args.finetune_epochs, lr=1e-3, teacher=str(base)))
     macs = read_json(pruned / "model.json")["compression"]
     rows["pruned_kd_pytorch_fp32"] = {**_metrics(pruned),
@@ -110,12 +110,13 @@ def main() -> None:
     ap.add_argument("--model", default="yolo_resnet18")
     ap.add_argument("--img-size", type=int, default=256)
     ap.add_argument("--images", type=int, default=600, help="shapes-det scenes")
-    ap.add_argument("--epochs", type=int, default=14)
-    ap.add_argument("--finetune-epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--finetune-epochs", type=int, default=14)
+    ap.add_argument("--round-to", type=int, default=8, help="pruned channel counts are multiples of this")
     ap.add_argument("--workdir", default="runs/detection", help="trained models (reused when present)")
     method.add_arguments(ap, rounds=10, runs=200, warmup=10, max_seconds=120)
     args = method.quick(ap.parse_args(), model="test_yolo", img_size=64, images=60, epochs=1, finetune_epochs=1,
-                        rounds=3, runs=12, max_seconds=10)
+                        round_to=1, rounds=3, runs=12, max_seconds=10)
     if args.table_only:
         return method.rerender(NAME, args, markdown)
     start = time.perf_counter()

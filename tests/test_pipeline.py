@@ -128,3 +128,23 @@ def test_cli_run_exits_1_when_the_gate_fails(first_run, tmp_path):
     assert "train: unchanged, skipped" in res.stderr and "prune: running" in res.stderr
     gate = read_json(copy / "check" / "gate.json")
     assert gate["passed"] is False and gate["delta_points"] < -0.5
+
+
+@pytest.mark.slow
+def test_detect_demo_recipe_runs_every_stage_on_a_tiny_detector(tmp_path):
+    """The packaged detect-demo, shrunk (tiny model, 64 px, few scenes, one epoch): data, train, prune with
+    distillation, ONNX and OpenVINO INT8 exports, bench, the mAP gate and the report all run on a detector."""
+    demo = load_recipe("detect-demo").model_dump()
+    assert demo["train"]["model"] == "yolo_resnet18" and demo["data"]["source"] == "shapes-det"
+    demo["data"].update(img_size=64, detect_images=48)
+    demo["train"].update(model="test_yolo", epochs=1)
+    demo["prune"].update(finetune_epochs=1)
+    demo["export"].update(calib_size=8)
+    demo["bench"].update(runs=3, warmup=1, budget_s=2, min_seconds=0)
+    summary = run_recipe(load_recipe(_write(tmp_path, demo)), out=tmp_path / "run")
+    assert set(summary["stages"]) >= {"train", "prune", "export", "bench", "check", "report"}
+    results = read_json(tmp_path / "run" / "bench" / "results.json")
+    assert {a["task"] for a in results["artifacts"]} == {"detection"}
+    gate = read_json(tmp_path / "run" / "check" / "gate.json")
+    assert [m["key"] for m in gate["metric_checks"]] == ["map", "map50"]
+    assert "mAP@0.5:0.95" in (tmp_path / "run" / "report" / "report.md").read_text()
