@@ -185,3 +185,22 @@ def test_torchrun_two_processes(tmp_path):
     # Each process saw half the training split (1,079 images, padded to an even 1,080) per epoch.
     assert history[0]["samples_per_process"] == 540
     assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 359
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_a_detector(tmp_path):
+    """DDP for detection: each process gets half the scenes, batched by the detection collate."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp-det"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "edgeres.cli", "train",
+                          "--model", "test_yolo", "--data", "shapes-det", "--img-size", "64", "--epochs", "1",
+                          "--batch-size", "16", "--threads", "1", "--out", str(out)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_json(out / "train.json")["world_size"] == 2
+    history = read_json(out / "history.json")
+    assert history[0]["samples_per_process"] == 210  # 420 training scenes of the default 600, split in two
+    assert "val_map" in history[0]
+    metrics = read_json(out / "metrics.json")
+    assert metrics["task"] == "detection" and metrics["test"]["n"] == 90
