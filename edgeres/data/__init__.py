@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from edgeres.data.builtin import BUILTIN_SOURCES
 from edgeres.data.folder import FolderSource
-from edgeres.data.split import SPLITS, check_fractions, class_weights, make_sampler, stratified_split
+from edgeres.data.split import SplitBundle, check_fractions, class_weights, make_sampler, stratified_split
 from edgeres.data.transforms import NORMALIZE_MODES, SplitDataset, resolve_stats, train_augment
 from edgeres.errors import UserInputError
 
@@ -77,24 +77,12 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class DataBundle:
-    """The three splits of one data config, with what a model needs to know about them."""
+class DataBundle(SplitBundle):
+    """The three splits of one classification data config, with what a model needs to know about them."""
 
-    config: DataConfig
-    class_names: list[str]
-    in_chans: int
-    img_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    skipped: list[str]
     source: Any = dataclasses.field(repr=False, default=None)
     indices: dict[str, np.ndarray] = dataclasses.field(repr=False, default_factory=dict)
     hflip: bool = False
-
-    def _check_split(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise UserInputError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-        return self.indices[split]
 
     def dataset(self, split: str, augment: bool | None = None) -> Dataset:
         """A split as a Dataset of (normalised CxHxW float32, label); augmented only on train by default."""
@@ -109,8 +97,7 @@ class DataBundle:
 
     def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Un-augmented float32 NCHW batches and their labels, in dataset order; at most `limit` images."""
-        if batch_size < 1:
-            raise UserInputError(f"batch_size must be positive, got {batch_size}")
+        self._check_batch_size(batch_size)
         ds = self.dataset(split, augment=False)
         n = len(ds) if limit is None else min(limit, len(ds))
         for start in range(0, n, batch_size):

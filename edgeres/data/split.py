@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,3 +112,27 @@ def make_sampler(labels: np.ndarray, num_classes: int, seed: int) -> WeightedRan
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(per_item, num_samples=len(labels), replacement=True,
                                  generator=generator)
+
+
+@dataclasses.dataclass
+class SplitBundle:
+    """What every task's data bundle holds: the splits of one data config and what a model must know of them.
+    Subclasses add the source, the split indices and how items are made."""
+
+    config: Any  # edgeres.data.DataConfig
+    class_names: list[str]
+    in_chans: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skipped: list[str]
+
+    def _check_split(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise UserInputError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        return self.indices[split]
+
+    @staticmethod
+    def _check_batch_size(batch_size: int) -> None:
+        if batch_size < 1:
+            raise UserInputError(f"batch_size must be positive, got {batch_size}")

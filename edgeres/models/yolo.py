@@ -243,5 +243,9 @@ class YoloInference(nn.Module):
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-        boxes, scores = self.decode(self.model(x), self.model.anchors)
+        return self.from_raw(self.model(x))
+
+    def from_raw(self, maps: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """The outputs for the model's raw head maps, already computed (validation scores the loss's forward)."""
+        boxes, scores = self.decode(maps, self.model.anchors)
         return (boxes, scores) if self.nms is None else self.nms(boxes, scores)

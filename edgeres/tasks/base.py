@@ -74,6 +74,13 @@ class GateEvidence:
     legacy: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def nonfinite_reasons(stats: dict[str, Any]) -> list[str]:
+    """Export validation's first verdict for any task: NaN or inf outputs on either side (counted by its
+    `compare` as `nonfinite_reference` / `nonfinite_candidate`) fail, since agreement on NaN is no agreement."""
+    sides = (("reference (PyTorch)", "nonfinite_reference"), ("exported", "nonfinite_candidate"))
+    return [f"{who} outputs hold {stats[key]} NaN/inf values" for who, key in sides if stats.get(key)]
+
+
 class Task(abc.ABC):
     """One kind of model output (class logits, boxes, images) and everything a stage does with it."""
 

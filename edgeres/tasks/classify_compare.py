@@ -7,6 +7,7 @@ from typing import Any, Mapping, Union
 import numpy as np
 
 from edgeres.errors import UserInputError
+from edgeres.tasks.base import nonfinite_reasons
 
 LOGITS = "logits"  # the output every edgeres classifier names, in torch (EdgeModel.output_names) and in its exports
 #: A runner's named outputs, or a classifier's logits themselves (a torch model's or an ONNX session's).
@@ -77,9 +78,7 @@ def compare_outputs(reference: ClassifierOutputs, candidate: ClassifierOutputs) 
 
 def judge(stats: dict[str, Any], tolerance: Tolerance) -> list[str]:
     """Reasons the comparison fails `tolerance`; an empty list means it passes."""
-    # Agreement on NaN is no agreement: an all-NaN model must not export as "ok".
-    sides = (("reference (PyTorch)", "nonfinite_reference"), ("exported", "nonfinite_candidate"))
-    nonfinite = [f"{who} outputs hold {stats[key]} NaN/inf values" for who, key in sides if stats.get(key)]
+    nonfinite = nonfinite_reasons(stats)  # an all-NaN model must not export as "ok"
     if nonfinite:
         return nonfinite
     reasons = []

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeres.tasks.base import nonfinite_reasons
+
 MATCH_IOU = 0.5
 CONF = 0.25  # the confidence `predict` draws at: the detections users see
 POOL_CONF = CONF / 2
@@ -100,8 +102,7 @@ def compare_detections(reference: list[np.ndarray], candidate: list[np.ndarray])
 
 def judge(stats: dict[str, Any], tolerance: Tolerance) -> list[str]:
     """Reasons the comparison fails `tolerance`; an empty list means it passes."""
-    sides = (("reference (PyTorch)", "nonfinite_reference"), ("exported", "nonfinite_candidate"))
-    nonfinite = [f"{who} outputs hold {stats[key]} NaN/inf values" for who, key in sides if stats.get(key)]
+    nonfinite = nonfinite_reasons(stats)
     if nonfinite:
         return nonfinite
     reasons = []

@@ -117,8 +117,8 @@ def validate(model: nn.Module, bundle: DataBundle, batch_size: int, execution: E
              task: Task | None = None) -> tuple[float, float | None]:
     """The task's plain loss and metric on the validation split, un-augmented, where and as the model trains.
 
-    A metric that is no sum over batches (mAP) comes from the split's predictions through the model's
-    inference module, as evaluation computes it.
+    A metric that is no sum over batches (mAP) comes from the split's predictions: the inference module
+    (`from_raw`) turns the outputs the loss saw into what evaluation postprocesses, without a second forward.
     """
     task = task or get_task(DEFAULT_TASK)
     model.eval()
@@ -134,8 +134,7 @@ def validate(model: nn.Module, bundle: DataBundle, batch_size: int, execution: E
         total_loss += task.loss_sum(logits, target, model).item()
         batch_score = task.batch_score(logits, target)
         if batch_score is None:
-            with execution.autocast():
-                outputs = infer(images)
+            outputs = infer.from_raw(tuple(o.float() for o in logits))
             outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
             predictions.append(task.postprocess({n: o.float().cpu().numpy() for n, o in zip(names, outputs)}))
             labels.append(y)

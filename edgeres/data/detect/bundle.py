@@ -14,7 +14,7 @@ from edgeres.data.detect.augment import DetectAugment
 from edgeres.data.detect.coco import find_coco, read_coco
 from edgeres.data.detect.source import DetectionSource
 from edgeres.data.detect.yolo import find_yaml, read_yolo
-from edgeres.data.split import SPLITS
+from edgeres.data.split import SPLITS, SplitBundle
 from edgeres.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_MODES, STATS_SAMPLE
 from edgeres.errors import UserInputError
 
@@ -109,26 +109,14 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
 
 
 @dataclasses.dataclass
-class DetectionBundle:
+class DetectionBundle(SplitBundle):
     """The three splits of one detection data config, with what a detector needs to know about them."""
 
-    config: DataConfig
-    class_names: list[str]
-    in_chans: int
-    img_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    skipped: list[str]
     source: DetectionSource = dataclasses.field(repr=False)
     indices: dict[str, np.ndarray] = dataclasses.field(repr=False)
     boxes: list[np.ndarray] = dataclasses.field(repr=False)  # per source image, in input pixels
     hflip: bool = True
     collate = staticmethod(collate)
-
-    def _check_split(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise UserInputError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
-        return self.indices[split]
 
     def count(self, split: str) -> int:
         """Images in `split`."""
@@ -150,8 +138,7 @@ class DetectionBundle:
 
     def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Un-augmented letterboxed float32 NCHW batches and their targets (M, 6), column 0 the index in the batch."""
-        if batch_size < 1:
-            raise UserInputError(f"batch_size must be positive, got {batch_size}")
+        self._check_batch_size(batch_size)
         ds = self.dataset(split, augment=False)
         n = len(ds) if limit is None else min(limit, len(ds))
         for start in range(0, n, batch_size):
