@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,7 +46,7 @@ class TrainStage(_Strict):
     weights: Optional[str] = None
     freeze: Optional[str] = None
     device: str = Field("auto", pattern=_DEVICE)
-    amp: bool = False               # mixed precision (edgeres.train.device says what it means where)
+    amp: Union[Literal["auto"], bool] = False  # mixed precision (edgeres.train.device); auto: only where native
 
 
 class PruneStage(_Strict):
@@ -62,7 +62,7 @@ class PruneStage(_Strict):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.3, ge=0, le=1)
     device: str = Field("auto", pattern=_DEVICE)
-    amp: bool = False
+    amp: Union[Literal["auto"], bool] = False
 
 
 class ExportStage(_Strict):

@@ -183,6 +183,20 @@ def test_amp_on_a_cpu_is_bf16_only_where_native(monkeypatch):
     assert amp_dtype(cpu, False) is None
 
 
+def test_amp_auto_is_bf16_where_native_and_fp32_elsewhere(monkeypatch):
+    """A recipe's `amp: auto` runs on every CPU: mixed precision where native, plain fp32 instead of a refusal."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    assert amp_dtype(cpu, "auto") == torch.bfloat16
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    assert amp_dtype(cpu, "auto") is None
+    from edgeres.data import DataConfig
+    from edgeres.train.config import TrainConfig
+
+    with pytest.raises(UserInputError, match="amp must be true, false or 'auto'"):
+        TrainConfig(model="test_resnet", data=DataConfig("digits"), out="x", amp="sometimes")
+
+
 def _dtypes_seen(execution):
     """Train one step of a tiny model and return the dtype its first convolution computed in."""
     model = create("test_resnet", num_classes=10, in_chans=1)

@@ -39,7 +39,7 @@ class FinetuneConfig:
     step_epochs: int = 1            # fine-tuning epochs between iterative pruning steps
     seed: int = 0
     device: str = "auto"            # auto, cpu, cuda or cuda:N, as for training
-    amp: bool = False               # mixed precision, as for training
+    amp: bool | str = False         # mixed precision, as for training
 
     def __post_init__(self) -> None:
         for name, least in (("epochs", 0), ("step_epochs", 0), ("batch_size", 1), ("seed", 0)):
@@ -49,7 +49,8 @@ class FinetuneConfig:
         require_number("alpha", self.alpha, 0, 1)  # 1: hard labels only, no distillation
         require_number("feature_weight", self.feature_weight, 0)
         check_device(self.device)
-        require_bool("amp", self.amp)
+        if not (isinstance(self.amp, bool) or self.amp == "auto"):
+            raise UserInputError(f"amp must be true, false or 'auto', got {self.amp!r}")
 
 
 def _figures(model: nn.Module, meta, bytes_: int | None, metrics: dict | None) -> dict[str, Any]:

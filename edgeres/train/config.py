@@ -36,7 +36,7 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     device: str = "auto"            # auto, cpu, cuda or cuda:N; auto takes a GPU when there is one
-    amp: bool = False               # mixed precision (see edgeres.train.device for what it means where)
+    amp: bool | str = False         # mixed precision (edgeres.train.device); "auto": only where native
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -52,7 +52,8 @@ class TrainConfig:
         require_number("weight_decay", self.weight_decay, 0)
         require_number("label_smoothing", self.label_smoothing, 0, 1, open_high=True)
         check_device(self.device)
-        require_bool("amp", self.amp)
+        if not (isinstance(self.amp, bool) or self.amp == "auto"):
+            raise UserInputError(f"amp must be true, false or 'auto', got {self.amp!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

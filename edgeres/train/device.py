@@ -60,14 +60,18 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype `--amp` means on `device` (None: fp32); refuses a CPU without native bf16."""
+def amp_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
+    """The autocast dtype `--amp` means on `device` (None: fp32); refuses a CPU without native bf16.
+
+    amp "auto" (recipes) is mixed precision where it is native and plain fp32 on a CPU without bf16."""
     if not amp:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if cpu_has_native_bf16():
         return torch.bfloat16
+    if amp == "auto":
+        return None
     raise UserInputError("--amp on the CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks: emulated "
                          "bf16 trains slower than fp32; train without --amp, or on a GPU with --device cuda")
 
