@@ -8,6 +8,7 @@ from typing import NoReturn, Optional
 
 import typer
 
+from edgeres.deploy.commands import register as register_deploy_commands
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
 from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
@@ -429,6 +430,9 @@ def run_cmd(
         for reason in summary["gate"]["reasons"]:
             fail(reason)
         raise typer.Exit(1)
+
+
+register_deploy_commands(app)
 
 
 def main() -> None:

@@ -19,21 +19,6 @@ from edgeres.export.validate import TOLERANCES, compare_outputs, judge
 from edgeres.models import create
 
 
-@pytest.fixture
-def edgeres(monkeypatch, capsys):
-    """Run `edgeres ARGS...` through its entry point; return (exit code, everything it printed)."""
-    from edgeres import cli
-
-    def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["edgeres", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-        out = capsys.readouterr()
-        code = exit_info.value.code
-        return (0 if code is None else code), out.out + out.err
-
-    return run
-
 
 def _refused(result: tuple[int, str], *words: str) -> str:
     """Assert exit 2, no traceback, and every word in the message; return the output."""

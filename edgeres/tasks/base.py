@@ -87,6 +87,8 @@ class Task(abc.ABC):
     name: ClassVar[str]
     #: The headline metric: its key in metrics.json and in training history (`train_<metric>`), a fraction.
     metric: ClassVar[str]
+    #: Whether an export can put this task's postprocessing (NMS) into the graph (`ExportConfig.nms`).
+    graph_nms: ClassVar[bool] = False
     #: Per-split metrics copied into model.json and a compression record.
     summary_keys: ClassVar[tuple[str, ...]]
     #: Report summary headers: the headline metric in percent, and its change from the baseline in points.
@@ -159,6 +161,11 @@ class Task(abc.ABC):
 
     # --- export validation ---
     @abc.abstractmethod
+    @abc.abstractmethod
+    def deploy_fields(self, output_names: list[str]) -> dict[str, Any]:
+        """What a deploy bundle's `infer.py` must know to feed the model and read its outputs as `describe` does:
+        {"input": {"resize": "resize" | "letterbox", ...}, "postprocess": {...}}."""
+
     def compare(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Statistics of an exported model's named outputs against the source model's on the same inputs."""
 

@@ -106,6 +106,9 @@ class Classification(Task):
     def compare(self, reference: ClassifierOutputs, candidate: ClassifierOutputs) -> dict[str, Any]:
         return compare_outputs(reference, candidate)
 
+    def deploy_fields(self, output_names: list[str]) -> dict[str, Any]:
+        return {"input": {"resize": "resize"}, "postprocess": {"top_k": classify_predict.TOP_K}}
+
     def tolerance(self, precision: str, *, simulated: bool = False) -> Tolerance:
         return QAT_TOLERANCE if simulated else TOLERANCES[precision]
 

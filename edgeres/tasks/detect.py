@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from edgeres.errors import UserInputError
+from edgeres.letterbox import PAD_VALUE
 from edgeres.plots import plot_detections, plot_pr_curve
 from edgeres.tasks import detect_predict
 from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Task
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 HOST_NMS = ("boxes", "scores")  # decoded boxes (N, K, 4) and per-class scores (N, K, C): NMS runs here
+HOST_NMS_IOU = 0.6  # boxes of one class overlapping more than this are one object
 GRAPH_NMS = ("detections",)  # (N, max_det, 6) `[x1, y1, x2, y2, score, class]`, padded with class -1
 
 
@@ -26,6 +28,7 @@ class Detection(Task):
 
     name = "detection"
     metric = "map"
+    graph_nms = True
     summary_keys = ("map", "map50", "map75", "precision", "recall")
     report_columns = ("mAP@0.5:0.95 %", "Δ mAP (points)")
 
@@ -62,7 +65,7 @@ class Detection(Task):
         """None: mAP ranks detections across a whole split, so a batch has no share of it."""
         return None
 
-    def postprocess(self, outputs: Mapping[str, np.ndarray], conf: float = 0.001, iou: float = 0.6,
+    def postprocess(self, outputs: Mapping[str, np.ndarray], conf: float = 0.001, iou: float = HOST_NMS_IOU,
                     max_det: int = MAX_DET) -> list[np.ndarray]:
         """Named outputs to per-image (k, 6) float32 `[x1, y1, x2, y2, score, class]`, best first, scores > conf.
 
@@ -140,6 +143,11 @@ class Detection(Task):
             diff = np.abs(np.asarray(ref, np.float64) - np.asarray(cand, np.float64))
             stats["raw_score_max_abs_diff"] = float(diff.max()) if diff.size else 0.0
         return {**stats, **nonfinite}
+
+    def deploy_fields(self, output_names: list[str]) -> dict[str, Any]:
+        return {"input": {"resize": "letterbox", "pad_value": PAD_VALUE},
+                "postprocess": {"conf": detect_predict.PREDICT_CONF, "iou": HOST_NMS_IOU, "max_det": MAX_DET,
+                                "nms_in_graph": list(output_names) == list(GRAPH_NMS)}}
 
     def tolerance(self, precision: str, *, simulated: bool = False) -> Tolerance:
         return QAT_TOLERANCE if simulated else TOLERANCES[precision]

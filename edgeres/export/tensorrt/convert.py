@@ -2,29 +2,30 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
-import shlex
 import shutil
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
 from edgeres.artifacts import atomic_path, sha256_file, write_json, write_text
+from edgeres.deploy import templates
 from edgeres.errors import UserInputError
 from edgeres.export.onnx.convert import INPUT_NAME, META_KEY, input_shape
 from edgeres.runtime.embedded import graph_fields
-from edgeres.export.tensorrt import build_engine_template as template
 from edgeres.export.tensorrt.nms import NMS_OUTPUTS, PLUGIN, add_efficient_nms
 
-PRECISIONS = template.PRECISIONS
+PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_NAME = "model.onnx"
 QDQ_NAME = "model.int8.qdq.onnx"
 META_NAME = "engine_meta.json"
 TIMING_CACHE = "timing.cache"
 # TensorRT 8.5 (JetPack 5) parses ONNX up to opset 17; newer TensorRT reads newer opsets.
 MAX_PORTABLE_OPSET = 17
-_DEFAULTS_MARKER = "  # edgeres: DEFAULTS"
+BUILD_SCRIPT = "build_engine.py"  # the template in export/templates/ the bundle's build_engine.py is made from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +100,10 @@ def prepare_tensorrt(
     engine_name = f"model.{precision}.engine"
     command = trtexec_command(build_from, engine_name, spec, shape if dynamic else None, TIMING_CACHE)
     write_json(out_dir / META_NAME, _sidecar(props, precision, build_from, out_dir / build_from))
-    write_text(out_dir / "build_engine.sh", _shell_script(command, props))
+    defaults = script_defaults(spec, build_from, engine_name)
+    write_text(out_dir / "build_engine.sh", templates.render_build_engine_sh({**defaults, "input_shape": shape}))
     (out_dir / "build_engine.sh").chmod(0o755)
-    write_text(out_dir / "build_engine.py", render_build_script(spec, build_from, engine_name))
+    write_text(out_dir / "build_engine.py", templates.render_build_engine(defaults))
     record.update(
         precision=precision,
         onnx=build_from,
@@ -118,7 +120,9 @@ def prepare_tensorrt(
 
 def trtexec_command(onnx_name: str, engine_name: str, spec: EngineSpec, shape: list[int | None] | None,
                     timing_cache: str) -> list[str]:
-    """The trtexec arguments that build `engine_name`; `shape` (N, C, H, W) adds a batch profile."""
+    """The trtexec arguments that build `engine_name` with TensorRT 8.4 to 10.x (build_engine.sh picks the flags
+    of the version it finds: --workspace before 8.4, no precision flags on 11); `shape` (N, C, H, W) adds a batch
+    profile."""
     args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
     if spec.precision == "fp16" or (spec.precision == "int8" and spec.fp16_fallback):
         args.append("--fp16")
@@ -128,23 +132,25 @@ def trtexec_command(onnx_name: str, engine_name: str, spec: EngineSpec, shape: l
         chw = "x".join(str(d) for d in shape[1:])
         for flag, batch in (("min", spec.min_batch), ("opt", spec.opt_batch), ("max", spec.max_batch)):
             args.append(f"--{flag}Shapes={INPUT_NAME}:{batch}x{chw}")
-    args += [f"--memPoolSize=workspace:{spec.workspace_mb}M", f"--timingCacheFile={timing_cache}"]
+    # A bare number is MiB for every trtexec that has --memPoolSize (8.4 on); unit suffixes came later.
+    args += [f"--memPoolSize=workspace:{spec.workspace_mb}", f"--timingCacheFile={timing_cache}"]
     return args
 
 
-def render_build_script(spec: EngineSpec, onnx_name: str, engine_name: str) -> str:
-    """build_engine_template.py with its DEFAULTS set to this bundle's files and spec."""
-    source = Path(template.__file__).read_text(encoding="utf-8")
-    defaults = {"onnx": onnx_name, "engine": engine_name, "precision": spec.precision,
-                "min_batch": spec.min_batch, "opt_batch": spec.opt_batch, "max_batch": spec.max_batch,
-                "workspace_mb": spec.workspace_mb, "fp16_fallback": spec.fp16_fallback,
-                "timing_cache": TIMING_CACHE, "meta": META_NAME}
-    lines = source.splitlines(keepends=True)
-    marked = [i for i, line in enumerate(lines) if line.rstrip("\n").endswith(_DEFAULTS_MARKER)]
-    if len(marked) != 1:
-        raise RuntimeError(f"{template.__file__} must hold exactly one line ending in {_DEFAULTS_MARKER!r}")
-    lines[marked[0]] = f"DEFAULTS = {defaults!r}  # written by edgeres prepare_tensorrt\n"
-    return "".join(lines)
+def script_defaults(spec: EngineSpec, onnx_name: str, engine_name: str) -> dict[str, Any]:
+    """The build scripts' defaults (templates.BUILD_KEYS) for this bundle's files and spec."""
+    return {"onnx": onnx_name, "engine": engine_name, "precision": spec.precision, "min_batch": spec.min_batch,
+            "opt_batch": spec.opt_batch, "max_batch": spec.max_batch, "workspace_mb": spec.workspace_mb,
+            "fp16_fallback": spec.fp16_fallback, "timing_cache": TIMING_CACHE, "meta": META_NAME}
+
+
+def engine_builder() -> ModuleType:
+    """export/templates/build_engine.py loaded as a module: edgeres builds engines with the bundle's own code."""
+    path = templates.template_path(BUILD_SCRIPT)
+    spec = importlib.util.spec_from_file_location("edgeres_build_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_engine(
@@ -171,6 +177,7 @@ def build_engine(
         )
     onnx_path = Path(onnx_path)
     props, _, _ = _inspect_onnx(onnx_path)
+    template = engine_builder()
     try:
         built = template.build(str(onnx_path), str(engine_path), precision=spec.precision,
                                min_batch=spec.min_batch, opt_batch=spec.opt_batch, max_batch=spec.max_batch,
@@ -246,33 +253,3 @@ def _sidecar(props: dict[str, str], precision: str, onnx_name: str, onnx_path: P
     return {"meta": json.loads(props[META_KEY]), "precision": precision, "onnx": onnx_name,
             "onnx_sha256": sha256_file(onnx_path), "source_sha256": props.get("source_sha256") or None,
             **graph_fields(built_from, onnx_path)}
-
-
-def _shell_script(command: list[str], props: dict[str, str]) -> str:
-    arch = json.loads(props[META_KEY]).get("arch", "model")
-    engine_default = next(a.split("=", 1)[1] for a in command if a.startswith("--saveEngine="))
-    lines = [
-        "#!/usr/bin/env bash",
-        f"# Build the TensorRT engine for {arch} on the target device. Written by edgeres prepare_tensorrt.",
-        "# Usage: ./build_engine.sh [ENGINE_PATH]      (trtexec: set TRTEXEC=/path/to/trtexec if not on PATH)",
-        "# TensorRT >= 10 also accepts --stronglyTyped for the QDQ model instead of precision flags.",
-        "set -euo pipefail",
-        'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
-        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
-        f'ENGINE="${{1:-$HERE/{engine_default}}}"',
-        'command -v "$TRTEXEC" >/dev/null || { echo "trtexec not found; set TRTEXEC=/path/to/trtexec" >&2; exit 1; }',
-        "",
-    ]
-    args = ['"$TRTEXEC"']
-    for arg in command[1:]:
-        flag, _, value = arg.partition("=")
-        if flag in ("--onnx", "--timingCacheFile"):
-            args.append(f'{flag}="$HERE/{value}"')
-        elif flag == "--saveEngine":
-            args.append(f'{flag}="$ENGINE"')
-        else:
-            args.append(shlex.quote(arg))
-    lines.append(" \\\n  ".join(args))
-    # The sidecar tells edgeres's TensorRT runner what the engine holds (an engine file cannot).
-    lines += [f'cp "$HERE/{META_NAME}" "$ENGINE.json"', 'echo "wrote $ENGINE"', ""]
-    return "\n".join(lines)

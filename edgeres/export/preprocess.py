@@ -1,0 +1,676 @@
+"""In-graph preprocessing: an exported model that takes a camera's uint8 H x W x 3 RGB frames as they come.
+
+The host path (a task's `prepare`: PIL, an antialiased resize, HWC -> CHW, (x / 255 - mean) / std in numpy)
+costs about as much as a small model. Here the same steps go in front of the graph:
+
+    uint8 NHWC frame -> float -> [grey: PIL's L weights] -> Pillow's bilinear resize (antialiased when
+    shrinking) -> [letterbox: pad with 114 to S x S] -> x / (255 std) - mean / std -> NCHW -> the model
+
+The resize is Pillow's triangle filter on both sides (classification's host path, torch's antialiased
+bilinear on floats, computes the same weights; detection's, PIL BILINEAR on uint8, also rounds each pixel to
+an integer, which the graph does not: at most half a grey level). The runtimes' own antialiased resizes are
+exact but slow at 640x480 (OpenVINO's RESIZE_BILINEAR_PILLOW ~4-15 ms, ONNX Runtime's Resize antialias
+~8-14 ms), so for a fixed frame size the weights become strided convolutions (`polyphase`) and, where the
+width shrinks by a whole factor, one matrix product over contiguous pixel blocks; those serve any frame size
+only through the runtime's resize (`frame=None`). For an INT8 IR with a fixed frame the width pass is instead
+one integer convolution on the uint8 frame as it lies (int8 weights in two 7-bit parts, within ~0.05 grey level
+of the float ones), which OpenVINO's low-precision kernels run without converting the whole frame to floats.
+
+A letterbox's geometry depends on the frame's size, so a detector's graph is built for one frame size. The
+dict each builder returns is the `input` block of a bundle's meta.json; the file carries it too (IR rt_info
+edgeres/preprocess, ONNX metadata "preprocess"). The Runners take NCHW floats: `FrameSession` runs these files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeres.artifacts import atomic_path
+from edgeres.errors import UserInputError
+from edgeres.letterbox import PAD_VALUE, letterbox_geometry
+from edgeres.meta import MAX_IMG_SIZE, ModelMeta
+from edgeres.runtime.embedded import INPUT_NAME, META_KEY, RT_KEY, check_ir_path, read_edgeres_info, read_meta, xml_path
+
+PREPROCESS_KEY = "preprocess"  # IR rt_info edgeres/preprocess and ONNX metadata_props key: JSON of the input spec
+FRAME_LAYOUT, FRAME_DTYPE, FRAME_COLOR = "NHWC", "uint8", "RGB"
+# PIL's RGB -> L (ITU-R 601-2 luma) in 16-bit fixed point, rounded: L = (19595 R + 38470 G + 7471 B + 32768) >> 16.
+# As floats w / 65536 these weights are exact, every partial sum stays below 256 with 16 fraction bits, so
+# floor(sum + 0.5) reproduces PIL in float32 whatever order a runtime adds in.
+GREY_WEIGHTS = tuple(w / 65536 for w in (19595, 38470, 7471))
+MAX_FRAME = 8 * MAX_IMG_SIZE
+RESIZE_PARTS = 2  # int8 resize weights: 7-bit parts per weight (quantize_weights)
+INT8_RESIZE, RESIZED = "edgeres_preprocess/int8_width", "edgeres_preprocess/resized"  # IR node names
+ONNX_RESIZE_OPS = ("Conv", "Resize", "MatMul")
+_ANTIALIAS_OPSET = 18  # ONNX Resize gained `antialias` in opset 18
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the graph does to a frame: to `resized` (h, w), padded by `pad` (top, left, bottom, right) to S x S."""
+
+    spec: dict[str, Any]  # the meta.json `input` block
+    in_chans: int
+    size: int
+    frame: tuple[int, int] | None
+    resized: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    scale: tuple[float, ...]  # per channel: 1 / (255 std)
+    shift: tuple[float, ...]  # per channel: -mean / std
+
+    @property
+    def padded(self) -> bool:
+        return any(self.pad)
+
+
+def plan_preprocess(meta: ModelMeta, frame: Sequence[int] | None, output_names: Sequence[str] = ()) -> Plan:
+    """The steps for `meta`'s model fed (H, W) frames (None: any size); the task says resize or letterbox."""
+    from edgeres.tasks import get_task
+
+    fields = get_task(meta.task).deploy_fields(list(output_names))["input"]
+    mode = fields["resize"]
+    frame = _check_frame_size(frame)
+    s = meta.img_size
+    if mode == "letterbox":
+        if frame is None:
+            raise UserInputError(f"a {meta.task} model letterboxes, and the letterbox's geometry depends on the "
+                                 "frame size: give the camera's frame size (frame=(H, W)) to build its graph")
+        _, (rw, rh), (px, py) = letterbox_geometry(frame[1], frame[0], s)
+        resized, pad = (rh, rw), (py, px, s - rh - py, s - rw - px)
+    elif mode == "resize":
+        resized, pad = (s, s), (0, 0, 0, 0)
+    else:  # a new task's mode: refuse rather than build a graph that prepares differently from its host path
+        raise UserInputError(f"in-graph preprocessing knows resize and letterbox, not {mode!r}")
+    c = meta.in_chans
+    mean, std = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in (meta.mean, meta.std))
+    spec = {"name": INPUT_NAME, "img_size": s, "in_chans": c, **fields, "mean": list(map(float, meta.mean)),
+            "std": list(map(float, meta.std)), "color": FRAME_COLOR, "in_graph_preprocess": True,
+            "layout": FRAME_LAYOUT, "dtype": FRAME_DTYPE, "frame": list(frame) if frame else None}
+    return Plan(spec, c, s, frame, resized, pad, tuple(float(v) for v in 1 / (255 * std)),
+                tuple(float(v) for v in -mean / std))
+
+
+def check_frames(frames: Any, spec: dict[str, Any]) -> list[np.ndarray]:
+    """`frames` (one H x W x 3 uint8 array, a list of them, or an N x H x W x 3 batch) as a list of frames,
+    after refusing a wrong dtype, channel count or (for a fixed-frame graph) size."""
+    if isinstance(frames, np.ndarray) and frames.ndim == 3:
+        frames = [frames]
+    want = f"{'H x W' if spec['frame'] is None else 'x'.join(map(str, spec['frame']))} x 3 uint8 RGB"
+    out = []
+    for i, f in enumerate(frames):
+        if not isinstance(f, np.ndarray):
+            raise UserInputError(f"frame {i} must be a numpy array ({want}), got {type(f).__name__}")
+        if f.dtype != np.uint8:
+            raise UserInputError(f"frame {i} has dtype {f.dtype}; this model takes {want} frames as the camera "
+                                 "gives them (not normalised floats)")
+        if f.ndim != 3 or f.shape[2] != 3:
+            raise UserInputError(f"frame {i} has shape {tuple(f.shape)}; this model takes {want} (channels last)")
+        if spec["frame"] is not None and list(f.shape[:2]) != list(spec["frame"]):
+            raise UserInputError(f"frame {i} is {f.shape[0]}x{f.shape[1]}; this model's graph was built for "
+                                 f"{want} frames")
+        out.append(np.ascontiguousarray(f))
+    if not out:
+        raise UserInputError("no frames given")
+    return out
+
+
+# ---------------------------------------------------------------- OpenVINO
+
+def add_openvino_preprocess(model_xml: str | Path, out_xml: str | Path, meta: ModelMeta | None = None,
+                            frame: Sequence[int] | None = None, *, int8_resize: bool | None = None) -> dict[str, Any]:
+    """Write `out_xml`: the IR at `model_xml` behind OpenVINO's PrePostProcessor taking uint8 NHWC RGB frames
+    (fixed (H, W), or any size with frame=None); returns the meta.json `input` block the file carries.
+
+    int8_resize (default: for an INT8 IR with a fixed frame): the width pass as an integer convolution on the
+    uint8 frame (see _openvino_int8_width), within ~0.05 grey level of the exact weights; False keeps the
+    exact float path. An FP32/FP16 IR has no low-precision kernels to run it in: refused."""
+    import openvino as ov
+    from openvino.preprocess import ColorFormat, PrePostProcessor, ResizeAlgorithm
+
+    from edgeres.export.openvino.convert import save_ir
+    from edgeres.runtime.embedded import graph_fields, ir_precision
+
+    xml, out = check_ir_path(model_xml), xml_path(out_xml)
+    model = ov.Core().read_model(xml)
+    embedded, fields = read_edgeres_info(model, xml)
+    if fields.get(PREPROCESS_KEY):
+        raise UserInputError(f"{xml} already takes frames (its graph has preprocessing); give the plain export")
+    plan = plan_preprocess(meta or embedded, frame, graph_fields(fields, xml)["output_names"])
+    quantized = ir_precision(model)["int8"]
+    if int8_resize is None:
+        int8_resize = quantized and plan.frame is not None
+    elif int8_resize and not quantized:
+        raise UserInputError(f"int8_resize: {xml} is not an INT8 IR (no FakeQuantize in its graph), so nothing "
+                             "would run the integer weights in integers; leave int8_resize unset for the exact path")
+    elif int8_resize and plan.frame is None:
+        raise UserInputError("int8_resize bakes the resize weights for one frame size: give frame=(H, W)")
+    batch = model.input(0).get_partial_shape()[0]
+    h, w = plan.frame or (-1, -1)
+    ppp = PrePostProcessor(model)
+    tensor = ppp.input().tensor()
+    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout(FRAME_LAYOUT)).set_color_format(ColorFormat.RGB)
+    tensor.set_shape(ov.PartialShape([batch, ov.Dimension(h), ov.Dimension(w), ov.Dimension(3)]))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    steps = ppp.input().preprocess()
+    if int8_resize:  # the frame stays uint8: floats first come out of the width convolution
+        steps.custom(lambda node: _nhwc(_openvino_polyphase(_openvino_int8_width(node, plan), plan, axes=(2,),
+                                                            parts=RESIZE_PARTS)))
+        steps.convert_layout(ov.Layout("NCHW"))
+    elif plan.frame is None:  # any size: OpenVINO's own Pillow resize (exact, but ~10x slower than the model)
+        steps.convert_element_type(ov.Type.f32)
+        if plan.in_chans == 1:
+            steps.custom(_openvino_grey)
+        steps.resize(ResizeAlgorithm.RESIZE_BILINEAR_PILLOW, *plan.resized)
+        steps.convert_layout(ov.Layout("NCHW"))
+    elif polyphase(plan.frame[1], plan.resized[1])[0].shape[0] == 1:  # width shrinks by a whole factor
+        steps.convert_element_type(ov.Type.f32)
+        steps.custom(lambda node: _openvino_blocks(node, plan)).convert_layout(ov.Layout("NCHW"))
+        steps.custom(lambda node: _openvino_polyphase(_openvino_shift_sum(node, plan), plan, axes=(2,)))
+    else:  # a fixed frame: the same weights as strided convolutions
+        steps.convert_element_type(ov.Type.f32).convert_layout(ov.Layout("NCHW"))
+        steps.custom(lambda node: _openvino_polyphase(node, plan))
+    if plan.padded:
+        steps.custom(lambda node: _openvino_pad(node, plan.pad))
+    # (x - 255 mean) / (255 std) is (x / 255 - mean) / std in two steps instead of three.
+    steps.mean([-s / k for s, k in zip(plan.shift, plan.scale)]).scale([1 / k for k in plan.scale])
+    model = ppp.build()
+    model.input(0).get_tensor().set_names({INPUT_NAME})
+    model.set_rt_info(json.dumps(plan.spec), [RT_KEY, PREPROCESS_KEY])
+    # compress_to_fp16=False leaves every constant as read: int8 and fp16 weights stay as they were.
+    save_ir(model, out, compress_to_fp16=False)
+    return plan.spec
+
+
+def _openvino_grey(node: Any) -> Any:
+    """NHWC RGB floats -> NHWC one-channel PIL L values (see GREY_WEIGHTS)."""
+    import openvino.opset13 as ops
+
+    weights = ops.constant(np.asarray(GREY_WEIGHTS, np.float32))
+    luma = ops.reduce_sum(ops.multiply(node, weights), ops.constant(np.int64(3)), keep_dims=True)
+    return ops.floor(ops.add(luma, ops.constant(np.float32(0.5)))).output(0)
+
+
+def _openvino_pad(node: Any, pad: tuple[int, int, int, int]) -> Any:
+    """NCHW floats padded with the letterbox grey on (top, left, bottom, right)."""
+    import openvino.opset13 as ops
+
+    top, left, bottom, right = pad
+    return ops.pad(node, [0, 0, top, left], [0, 0, bottom, right], "constant",
+                   ops.constant(np.float32(PAD_VALUE))).output(0)
+
+
+def block_weights(plan: Plan) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """Pillow's width weights for `plan`'s fixed frame over blocks of pixels: (weights (in_chans, q, p, 3, k),
+    padding in blocks (before, after), gain). With the width shrinking by p/q in lowest terms a row is g blocks
+    of p pixels, and in an NHWC frame each block's p x 3 values are contiguous; output block j's q values of
+    channel c are sum(weights[c, :, :, :, d] * block j - before + d), times `gain` (the border renormalisation,
+    as in polyphase). A grey model's RGB -> L folds in, so L is not rounded as PIL's is (at most half a level)."""
+    w, rw, c = plan.frame[1], plan.resized[1], plan.in_chans
+    kernels, p, begin, _, gain = polyphase(w, rw)
+    offsets = np.arange(kernels.shape[1]) - begin  # each tap's pixel, from the start of the output's block
+    first, last = offsets[0] // p, offsets[-1] // p  # first <= 0 <= last: each output has taps on both sides
+    mix = np.asarray(GREY_WEIGHTS)[None, :] if c == 1 else np.eye(3)  # (output channel, colour)
+    weights = np.zeros((c, len(kernels), p, 3, last - first + 1))
+    for tap, offset in enumerate(offsets):
+        weights[:, :, offset % p, :, offset // p - first] += mix[:, None, :] * kernels[None, :, tap, None]
+    return weights, (-first, last), gain
+
+
+def quantize_weights(weights: np.ndarray, parts: int = 2, bits: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """(n, m) float weights as `parts` int8 matrices with per-row scales, (parts, n, m) and (parts, n): part i
+    quantizes what parts < i left over, so sum_i q[i] * scale[i, :, None] approaches `weights` ~2^(bits-1)
+    times closer per part. 7 bits: a u8 x s8 pair sums below 2^15, so CPUs without VNNI (AVX2's vpmaddubsw,
+    which saturates int16) compute it exactly too."""
+    levels = 2 ** (bits - 1) - 1
+    rest, ints, scales = np.asarray(weights, np.float64), [], []
+    for _ in range(parts):
+        peak = np.abs(rest).max(axis=1)
+        scale = np.where(peak > 0, peak / levels, 1.0)
+        q = np.round(rest / scale[:, None])
+        rest = rest - q * scale[:, None]
+        ints.append(q.astype(np.int8))
+        scales.append(scale)
+    return np.stack(ints), np.stack(scales)
+
+
+def _openvino_int8_width(node: Any, plan: Plan) -> Any:
+    """uint8 NHWC RGB frame -> NCHW floats (N, RESIZE_PARTS in_chans, H, resized width): block_weights as one
+    integer convolution over the frame, which is read as it lies (a free reshape to N x H x g x 3p, taken
+    channels last) and never converted whole to floats. The uint8 -> f32 Convert with a scalar scale on the
+    frame, and int8 weights with a Convert and per-channel scales, is the dequantization pattern OpenVINO's
+    low-precision transformations run as a u8 x s8 convolution with int32 sums (in an INT8 model: they run
+    when the graph has FakeQuantize). The weights come in RESIZE_PARTS 7-bit parts (quantize_weights), each
+    part its own output channels, which the height pass sums: within ~0.05 grey level of the float weights."""
+    import openvino.opset13 as ops
+
+    h, c = plan.frame[0], plan.in_chans
+    weights, (before, after), gain = block_weights(plan)
+    _, q, p, _, k = weights.shape
+    ints, scales = quantize_weights(weights.reshape(c * q, -1), RESIZE_PARTS)
+    # Output channels in (channel, part, phase) order: the height pass groups each channel's parts.
+    order = (1, 0, 2, 3)
+    ints = ints.reshape(RESIZE_PARTS, c, q, -1).transpose(order).reshape(-1, p * 3, 1, k)
+    scales = scales.reshape(RESIZE_PARTS, c, q).transpose(order[:3]).reshape(-1, 1, 1, 1)
+    blocks = ops.reshape(node, ops.constant(np.asarray([0, h, -1, p * 3], np.int64)), special_zero=True)
+    frame = ops.multiply(ops.convert(ops.transpose(blocks, ops.constant(np.asarray([0, 3, 1, 2], np.int64))),
+                                     "f32"), ops.constant(np.float32(1 / 255)))
+    kernel = ops.multiply(ops.convert(ops.constant(ints), "f32"), ops.constant((scales * 255).astype(np.float32)))
+    x = ops.convolution(frame, kernel, [1, 1], [0, before], [0, after], [1, 1])
+    x.set_friendly_name(INT8_RESIZE)
+    x = _openvino_interleave(x, c * RESIZE_PARTS, q, h, axis=3)
+    return ops.multiply(x, ops.constant(gain.reshape(1, 1, 1, -1).astype(np.float32))).output(0)
+
+
+def _nhwc(node: Any) -> Any:
+    """NCHW -> NHWC, for a custom step that left NCHW data where PrePostProcessor still counts the tensor's NHWC
+    (its convert_layout then transposes back; OpenVINO fuses the two away)."""
+    import openvino.opset13 as ops
+
+    return ops.transpose(node, ops.constant(np.asarray([0, 2, 3, 1], np.int64))).output(0)
+
+
+def _block_weights(plan: Plan) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """For a width that shrinks by a whole factor p: (weights (3 p, shares x in_chans), the block shift each share
+    belongs to, gain). Output column j is the sum over shares i of block j + shifts[i]'s share i."""
+    w, rw, c = plan.frame[1], plan.resized[1], plan.in_chans
+    kernels, p, begin, _, gain = polyphase(w, rw)
+    mix = np.asarray(GREY_WEIGHTS)[:, None] if c == 1 else np.eye(3)  # input channel -> output channel
+    shifts = sorted({(t - begin) // p for t in range(kernels.shape[1])})
+    weights = np.zeros((p, 3, len(shifts), c))
+    for t, tap in enumerate(kernels[0]):
+        weights[(t - begin) % p, :, shifts.index((t - begin) // p)] += tap * mix
+    return weights.reshape(3 * p, -1), shifts, gain
+
+
+def _openvino_blocks(node: Any, plan: Plan) -> Any:
+    """NHWC RGB floats -> NHWC shares (see _block_weights): each block of p pixels x 3 channels is contiguous, so
+    one free reshape and one matrix product read the frame once (twice as fast as a strided convolution here);
+    a grey model's RGB -> L folds into the matrix, so L is not rounded as PIL's is (at most half a grey level)."""
+    import openvino.opset13 as ops
+
+    h, rw = plan.frame[0], plan.resized[1]
+    weights, _, _ = _block_weights(plan)
+    blocks = ops.reshape(node, ops.constant(np.asarray([0, h, rw, weights.shape[0]], np.int64)), special_zero=True)
+    return ops.matmul(blocks, ops.constant(weights.astype(np.float32)), False, False).output(0)
+
+
+def _openvino_shift_sum(node: Any, plan: Plan) -> Any:
+    """NCHW shares -> NCHW in_chans x H x resized width: each share shifted by its block and summed (a
+    convolution along the width), times the border gain."""
+    import openvino.opset13 as ops
+
+    c, rw = plan.in_chans, plan.resized[1]
+    _, shifts, gain = _block_weights(plan)
+    kernel = np.zeros((c, len(shifts) * c, 1, shifts[-1] - shifts[0] + 1), np.float32)
+    for i, d in enumerate(shifts):
+        kernel[np.arange(c), i * c + np.arange(c), 0, d - shifts[0]] = 1.0
+    x = ops.convolution(node, ops.constant(kernel), [1, 1], [0, -shifts[0]], [0, shifts[-1]], [1, 1])
+    return ops.multiply(x, ops.constant(gain.reshape(1, 1, 1, rw).astype(np.float32)))
+
+
+def _openvino_polyphase(node: Any, plan: Plan, axes: tuple[int, ...] = (3, 2), parts: int = 1) -> Any:
+    """NCHW RGB floats of the fixed frame -> NCHW in_chans x resized, Pillow's bilinear weights as one strided
+    grouped convolution per axis (see polyphase). A grey model's RGB -> L weights fold into the first one, so L
+    is not rounded to an integer as PIL's is (at most half a grey level). parts: a height-only pass (axes=(2,))
+    whose input holds `parts` consecutive channels per channel, which it sums (see _openvino_int8_width)."""
+    import openvino.opset13 as ops
+
+    (h, w), (rh, rw) = plan.frame, plan.resized
+    x = node
+    for axis, (n, m) in ((a, (w, rw) if a == 3 else (h, rh)) for a in axes):
+        kernels, stride, begin, end, gain = polyphase(n, m)
+        q, k = kernels.shape
+        taps = (1, k) if axis == 3 else (k, 1)
+        shape = (q, 1 if axis == 3 else parts, *taps)
+        strides, pads_begin, pads_end = ([1, stride], [0, begin], [0, end]) if axis == 3 else (
+            [stride, 1], [begin, 0], [end, 0])
+        chans = 3 if axis == 3 else plan.in_chans
+        if axis == 3 and plan.in_chans == 1:  # [q, 3, 1, k]: RGB -> L and the resize in one convolution
+            weights = np.asarray(GREY_WEIGHTS)[None, :, None, None] * kernels.reshape(q, 1, *taps)
+            x = ops.convolution(x, ops.constant(weights.astype(np.float32)), strides, pads_begin, pads_end, [1, 1])
+            chans = 1
+        else:
+            weights = np.broadcast_to(kernels.reshape(1, q, 1, *taps), (chans, *shape)).astype(np.float32)
+            x = ops.group_convolution(x, ops.constant(weights), strides, pads_begin, pads_end, [1, 1])
+        x = _openvino_interleave(x, chans, q, h if axis == 3 else rw, axis)
+        gain_shape = (1, 1, 1, m) if axis == 3 else (1, 1, m, 1)
+        x = ops.multiply(x, ops.constant(gain.reshape(gain_shape).astype(np.float32)))
+    x.set_friendly_name(RESIZED)
+    return x.output(0)
+
+
+def _openvino_interleave(x: Any, chans: int, q: int, other: int, axis: int) -> Any:
+    """[N, chans q, ...] with each output block's q phases side by side along `axis` -> [N, chans, ...] in order."""
+    import openvino.opset13 as ops
+
+    if q == 1:
+        return x
+    split = (0, chans, q, other, -1) if axis == 3 else (0, chans, q, -1, other)
+    x = ops.reshape(x, ops.constant(np.asarray(split, np.int64)), special_zero=True)
+    x = ops.transpose(x, ops.constant(np.asarray([0, 1, 3, 4, 2] if axis == 3 else [0, 1, 3, 2, 4])))
+    size = (0, chans, other, -1) if axis == 3 else (0, chans, -1, other)
+    return ops.reshape(x, ops.constant(np.asarray(size, np.int64)), special_zero=True)
+
+
+# ---------------------------------------------------------------- ONNX
+
+def add_onnx_preprocess(onnx_in: str | Path, onnx_out: str | Path, meta: ModelMeta | None = None,
+                        frame: Sequence[int] | None = None, *, resize_op: str | None = None) -> dict[str, Any]:
+    """Write `onnx_out`: the model at `onnx_in` behind ONNX ops taking uint8 NHWC RGB frames; returns the
+    meta.json `input` block the file carries.
+
+    resize_op (default: "Conv" for a fixed frame, "Resize" for any size):
+      "Conv": Pillow's weights as one grouped strided Conv per axis (fixed frame; any opset; what TensorRT
+        needs, and the fastest here);
+      "Resize": ONNX Resize with antialias=1, any frame size (opset 18: an older model is converted up with
+        onnx.version_converter). ONNX Runtime implements it, slowly (~14 ms for 640x480 on one core);
+        TensorRT's parser does not (8.6 ignores the attribute, 10.x refuses the node);
+      "MatMul": the weights as two dense constant matrices (fixed frame; any opset; ~3 ms at 640x480).
+    """
+    import onnx
+    from onnx import compose, helper
+
+    src = Path(onnx_in)
+    if not src.is_file():
+        raise UserInputError(f"{src}: no such ONNX file")
+    resize_op = resize_op or ("Resize" if frame is None else "Conv")
+    if resize_op not in ONNX_RESIZE_OPS:
+        raise UserInputError(f"resize_op must be one of {list(ONNX_RESIZE_OPS)}, got {resize_op!r}")
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    embedded = read_meta(props, src)
+    if props.get(PREPROCESS_KEY):
+        raise UserInputError(f"{src} already takes frames (its graph has preprocessing); give the plain export")
+    plan = plan_preprocess(meta or embedded, frame, json.loads(props.get("output_names") or "[]"))
+    if resize_op != "Resize" and plan.frame is None:
+        raise UserInputError(f"resize_op {resize_op!r} bakes the resize weights for one frame size: give "
+                             "frame=(H, W), or resize_op='Resize' for any size")
+    opset = _opset(model)
+    if resize_op == "Resize" and opset < _ANTIALIAS_OPSET:
+        model = _upgrade(model, _ANTIALIAS_OPSET, src)
+        opset = _ANTIALIAS_OPSET
+    model_input = next(i for i in model.graph.input if i.name == INPUT_NAME)
+    batch = model_input.type.tensor_type.shape.dim[0]
+    pre = helper.make_model(_onnx_graph(plan, batch, resize_op), opset_imports=[helper.make_opsetid("", opset)],
+                            ir_version=model.ir_version)
+    merged = compose.merge_models(pre, model, io_map=[("preprocess/out", INPUT_NAME)],
+                                  producer_name=model.producer_name, producer_version=model.producer_version)
+    del merged.opset_import[:]  # merge_models lists the shared default domain twice
+    merged.opset_import.extend(model.opset_import)
+    helper.set_model_props(merged, {**props, PREPROCESS_KEY: json.dumps(plan.spec)})
+    onnx.checker.check_model(merged)
+    with atomic_path(onnx_out) as tmp:
+        onnx.save(merged, str(tmp))
+    return plan.spec
+
+
+def _onnx_graph(plan: Plan, batch: Any, resize_op: str) -> Any:
+    """uint8 NHWC `input` -> float NCHW `preprocess/out`, as `plan` says."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, f"preprocess/{name}"))
+        return f"preprocess/{name}"
+
+    def op(kind: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(kind, inputs, [f"preprocess/{name}"], name=f"preprocess/{name}", **attrs))
+        return f"preprocess/{name}"
+
+    c = plan.in_chans
+    # Channels first while still uint8: a quarter of the bytes to move.
+    x = op("Cast", [op("Transpose", [INPUT_NAME], "nchw_u8", perm=[0, 3, 1, 2])], "float", to=TensorProto.FLOAT)
+    if c == 1:
+        weights = np.asarray(GREY_WEIGHTS, np.float32).reshape(1, 3, 1, 1)
+        luma = op("ReduceSum", [op("Mul", [x, const("grey_weights", weights)], "weighted"),
+                                const("channel_axis", np.asarray([1], np.int64))], "luma", keepdims=1)
+        x = op("Floor", [op("Add", [luma, const("half", np.asarray(0.5, np.float32))], "luma_half")], "grey")
+    if resize_op == "Conv":
+        x = _onnx_polyphase(x, plan, op, const)
+    elif resize_op == "MatMul":
+        (h, w), (rh, rw) = plan.frame, plan.resized
+        x = op("MatMul", [x, const("resize_w", bilinear_weights(w, rw).T.astype(np.float32))], "resized_w")
+        x = op("MatMul", [const("resize_h", bilinear_weights(h, rh).astype(np.float32)), x], "resized")
+    else:
+        # exclude_outside: taps past the border get no weight and the rest are renormalised, as Pillow does
+        # (without it the border rows and columns differ by up to ~10 grey levels when shrinking).
+        # Full N, C, h, w sizes: ONNX Runtime's layout transformer mishandles Resize's `axes` in QDQ models.
+        sizes = op("Concat", [op("Shape", [x], "batch_channels", start=0, end=2),
+                              const("hw", np.asarray(plan.resized, np.int64))], "sizes", axis=0)
+        x = op("Resize", [x, "", "", sizes], "resized", mode="linear", antialias=1, exclude_outside=1,
+               coordinate_transformation_mode="half_pixel")
+    if plan.padded:
+        top, left, bottom, right = plan.pad
+        x = op("Pad", [x, const("pads", np.asarray([0, 0, top, left, 0, 0, bottom, right], np.int64)),
+                       const("pad_value", np.asarray(PAD_VALUE, np.float32))], "letterboxed", mode="constant")
+    x = op("Mul", [x, const("scale", np.asarray(plan.scale, np.float32).reshape(1, c, 1, 1))], "scaled")
+    op("Add", [x, const("shift", np.asarray(plan.shift, np.float32).reshape(1, c, 1, 1))], "out")
+    h, w = plan.frame or ("height", "width")
+    dims = [batch.dim_value if batch.HasField("dim_value") else (batch.dim_param or "batch"), h, w, 3]
+    s = plan.size
+    return helper.make_graph(
+        nodes, "edgeres_preprocess",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, dims)],
+        [helper.make_tensor_value_info("preprocess/out", TensorProto.FLOAT, [dims[0], c, s, s])], inits)
+
+
+def _onnx_polyphase(x: str, plan: Plan, op: Any, const: Any) -> str:
+    """NCHW floats of the fixed frame -> in_chans x resized, one grouped strided Conv per axis (see polyphase);
+    grey models have already been converted to L."""
+    (h, w), (rh, rw), c = plan.frame, plan.resized, plan.in_chans
+    for axis, n, m, other in ((3, w, rw, h), (2, h, rh, rw)):
+        kernels, stride, begin, end, gain = polyphase(n, m)
+        q, k = kernels.shape
+        shape = (q, 1, 1, k) if axis == 3 else (q, 1, k, 1)
+        weights = np.broadcast_to(kernels.reshape(1, *shape), (c, *shape)).reshape(c * q, *shape[1:])
+        x = op("Conv", [x, const(f"kernels{axis}", weights.astype(np.float32))], f"conv{axis}", group=c,
+               strides=[1, stride] if axis == 3 else [stride, 1],
+               pads=[0, begin, 0, end] if axis == 3 else [begin, 0, end, 0])
+        if q > 1:  # [N, C q, ...] with each output block's q phases side by side -> [N, C, ..., m] in order
+            split = (0, c, q, other, m // q) if axis == 3 else (0, c, q, m // q, other)
+            x = op("Reshape", [x, const(f"split{axis}_shape", np.asarray(split, np.int64))], f"split{axis}")
+            x = op("Transpose", [x], f"phases{axis}", perm=[0, 1, 3, 4, 2] if axis == 3 else [0, 1, 3, 2, 4])
+            size = (0, c, other, m) if axis == 3 else (0, c, m, other)
+            x = op("Reshape", [x, const(f"size{axis}_shape", np.asarray(size, np.int64))], f"interleaved{axis}")
+        gain_shape = (1, 1, 1, m) if axis == 3 else (1, 1, m, 1)
+        x = op("Mul", [x, const(f"gain{axis}", gain.reshape(gain_shape).astype(np.float32))], f"resized{axis}")
+    return x
+
+
+def _opset(model: Any) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _upgrade(model: Any, opset: int, path: Path) -> Any:
+    """`model` converted to `opset` (ops whose signature changed are rewritten by onnx's version converter)."""
+    from onnx import version_converter
+
+    props = list(model.metadata_props)
+    try:
+        upgraded = version_converter.convert_version(model, opset)
+    except Exception as e:  # the converter raises RuntimeError / its own types for an op it cannot adapt
+        raise UserInputError(f"{path}: cannot convert it to opset {opset} for Resize's antialias ({e}); "
+                             "use resize_op='MatMul' with a fixed frame instead") from e
+    if not upgraded.metadata_props:
+        upgraded.metadata_props.extend(props)
+    return upgraded
+
+
+def bilinear_weights(src: int, dst: int) -> np.ndarray:
+    """(dst, src) matrix of Pillow's bilinear resize along one axis: a triangle filter widened by the
+    shrink factor (antialiasing), sampled at pixel centres, each row normalised to sum 1."""
+    scale = src / dst
+    support = max(scale, 1.0)
+    out = np.zeros((dst, src), np.float64)
+    for i in range(dst):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), src)
+        taps = np.clip(1.0 - np.abs((np.arange(lo, hi) - centre + 0.5) / support), 0.0, None)
+        out[i, lo:hi] = taps / taps.sum()
+    return out
+
+
+def polyphase(src: int, dst: int) -> tuple[np.ndarray, int, int, int, np.ndarray]:
+    """bilinear_weights(src, dst) as a strided convolution: (kernels (q, k), stride p, padding before and after,
+    gain (dst,)). With src/dst = p/q in lowest terms the weights repeat every q outputs and p inputs, so output
+    block j's q outputs are the q kernels over padded inputs [j p, j p + k); near the borders Pillow drops the
+    taps outside the image and renormalises the rest, which is the zero-padded result times `gain`."""
+    g = math.gcd(src, dst)
+    p, q = src // g, dst // g
+    scale = src / dst
+    support = max(scale, 1.0)
+    taps = []
+    for r in range(q):
+        centre = (r + 0.5) * scale
+        lo, hi = math.floor(centre - support + 0.5), math.floor(centre + support + 0.5)
+        w = np.clip(1.0 - np.abs((np.arange(lo, hi) - centre + 0.5) / support), 0.0, None)
+        taps.append((lo, w / w.sum()))
+    begin = -min(lo for lo, _ in taps)
+    k = max(lo + len(w) for lo, w in taps) + begin
+    kernels = np.zeros((q, k))
+    for r, (lo, w) in enumerate(taps):
+        kernels[r, lo + begin:lo + begin + len(w)] = w
+    gain = np.empty(dst)
+    for j in range(g):
+        inside = (np.arange(k) + j * p - begin >= 0) & (np.arange(k) + j * p - begin < src)
+        gain[j * q:(j + 1) * q] = 1.0 / kernels[:, inside].sum(axis=1)
+    return kernels, p, begin, max(0, (g - 1) * p + k - begin - src), gain
+
+
+def _check_frame_size(frame: Sequence[int] | None) -> tuple[int, int] | None:
+    if frame is None:
+        return None
+    dims = tuple(frame)
+    if len(dims) != 2 or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 1 <= d <= MAX_FRAME
+                                 for d in dims):
+        raise UserInputError(f"frame must be (height, width) in pixels, each 1 to {MAX_FRAME}, got {frame!r}")
+    return int(dims[0]), int(dims[1])
+
+
+# ---------------------------------------------------------------- verification
+
+def read_preprocess(path: str | Path) -> dict[str, Any] | None:
+    """The `input` block a preprocessed .xml or .onnx carries, or None for a file that takes NCHW floats."""
+    path = Path(path)
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        model = ov.Core().read_model(check_ir_path(path))
+        raw = model.get_rt_info([RT_KEY, PREPROCESS_KEY]).astype(str) if model.has_rt_info(
+            [RT_KEY, PREPROCESS_KEY]) else ""
+    else:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if META_KEY not in props:
+            raise UserInputError(f"{path}: not an edgeres ONNX export")
+        raw = props.get(PREPROCESS_KEY, "")
+    return json.loads(raw) if raw else None
+
+
+class FrameSession:
+    """A preprocessed file under its plain runtime (the Runners take NCHW floats): frames in, outputs by name."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, openvino_hint: str | None = None):
+        path = Path(path)
+        self.spec = read_preprocess(path)
+        if self.spec is None:
+            raise UserInputError(f"{path} takes NCHW float tensors, not frames: add preprocessing to it first")
+        if path.suffix == ".xml":
+            import openvino as ov
+
+            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            if openvino_hint:
+                config["INFERENCE_PRECISION_HINT"] = openvino_hint
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+            request = compiled.create_infer_request()
+            self.names = [o.get_any_name() for o in compiled.outputs]
+            # The request's output buffers are reused by the next call: keep copies.
+            self._run = lambda x: [np.array(v) for v in request.infer({0: x}).values()]
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if threads:
+                options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.names = [o.name for o in session.get_outputs()]
+            self._run = lambda x: session.run(None, {INPUT_NAME: x})
+
+    def __call__(self, frames: Any) -> dict[str, np.ndarray]:
+        """Outputs for every frame (run one at a time: frames may differ in size, batches may be fixed at 1)."""
+        per_frame = [self._run(f[None]) for f in check_frames(frames, self.spec)]
+        return {name: np.concatenate([np.asarray(outs[i]) for outs in per_frame])
+                for i, name in enumerate(self.names)}
+
+
+def resized_pixels(path: str | Path, frames: Any, openvino_hint: str | None = None) -> np.ndarray:
+    """What a fixed-frame preprocessed IR makes of `frames` before padding and normalisation, (N, in_chans,
+    h, w) in grey levels: to hold its resize against Pillow's (the host path's) pixel by pixel."""
+    import openvino as ov
+
+    xml = check_ir_path(path)
+    core = ov.Core()
+    model = core.read_model(xml)
+    spec = read_preprocess(xml)
+    node = next((op for op in model.get_ops() if op.get_friendly_name() == RESIZED), None)
+    if spec is None or node is None:
+        raise UserInputError(f"{xml} has no fixed-frame resize in its graph (add_openvino_preprocess with frame=)")
+    model.add_outputs([node.output(0)])
+    config = {"INFERENCE_PRECISION_HINT": openvino_hint} if openvino_hint else {}
+    compiled = core.compile_model(model, "CPU", config)
+    request, added = compiled.create_infer_request(), len(compiled.outputs) - 1
+    pixels = []
+    for f in check_frames(frames, spec):
+        request.infer({0: f[None]})
+        pixels.append(np.array(request.get_output_tensor(added).data))
+    return np.concatenate(pixels)
+
+
+def verify_preprocess(original: str | Path, preprocessed: str | Path, meta: ModelMeta | None = None,
+                      frames: Any = None, tolerance: Any = None, *, precision: str | None = None) -> dict[str, Any]:
+    """Compare the preprocessed file on raw frames with the original on the task's host preprocessing (the
+    task's comparator; tolerance: default the task's for the precision the original runs in); UserInputError
+    beyond it. precision: what the original's Runner is asked for (the preprocessed file gets the same)."""
+    from PIL import Image
+
+    from edgeres import runtime
+    from edgeres.runtime.base import run_any_batch
+    from edgeres.tasks import get_task
+
+    reference = runtime.load(original, precision=precision)
+    meta = meta or reference.meta
+    task = get_task(meta.task)
+    session = FrameSession(preprocessed, openvino_hint=reference.info.extra.get("inference_precision_hint"))
+    frames = check_frames(frames, session.spec)
+    prepared = np.stack([task.prepare(Image.fromarray(f), meta)[0] for f in frames])
+    expected = run_any_batch(reference, prepared)
+    got = session(frames)
+    if list(got) != list(expected):
+        raise UserInputError(f"{preprocessed} names its outputs {list(got)}, {original} {list(expected)}")
+    precision = _tolerance_precision(reference.info.precision)
+    tolerance = tolerance if tolerance is not None else task.tolerance(precision)
+    stats = task.compare(expected, got)
+    failures = task.judge(stats, tolerance)
+    result = {**stats, "frames": len(frames), "precision": precision, "tolerance": dataclasses.asdict(tolerance),
+              "failures": failures}
+    if failures:
+        raise UserInputError(f"{preprocessed} does not match {original} with host preprocessing: "
+                             f"{'; '.join(failures)}")
+    return result
+
+
+def _tolerance_precision(executed: str) -> str:
+    """The export tolerance for what a Runner executes: "int8/bf16" is int8, "fp16-weights/fp32" fp16, bf16 fp16."""
+    head = executed.split("/")[0]
+    if head.startswith("int8"):
+        return "int8"
+    return "fp32" if head == "fp32" else "fp16"
