@@ -227,7 +227,7 @@ def markdown(result: dict[str, Any]) -> str:
 def _resize_note(error: dict[str, Any] | None) -> str:
     if not error:  # a result saved before this was measured
         return ""
-    return (f"The graph's width pass runs in integers on the uint8 frame (int8 weights in two 7-bit parts); its "
+    return (f"The graph's width pass runs in integers on the uint8 frame (7-bit int8 weights); its "
             f"resized pixels differ from the host path's by at most {error['max']:.2f} grey levels (mean "
             f"{error['mean']:.3f}; {error['hint']} hint; PIL rounds L to integers, the graph does not). ")
 

@@ -13,8 +13,8 @@ exact but slow at 640x480 (OpenVINO's RESIZE_BILINEAR_PILLOW ~4-15 ms, ONNX Runt
 ~8-14 ms), so for a fixed frame size the weights become strided convolutions (`polyphase`) and, where the
 width shrinks by a whole factor, one matrix product over contiguous pixel blocks; those serve any frame size
 only through the runtime's resize (`frame=None`). For an INT8 IR with a fixed frame the width pass is instead
-one integer convolution on the uint8 frame as it lies (int8 weights in two 7-bit parts, within ~0.05 grey level
-of the float ones), which OpenVINO's low-precision kernels run without converting the whole frame to floats.
+one integer matrix product on the uint8 frame as it lies (7-bit weights, within ~0.3 grey level of the float
+ones on noise), which OpenVINO's low-precision kernels run without converting the whole frame to floats.
 
 A letterbox's geometry depends on the frame's size, so a detector's graph is built for one frame size. The
 dict each builder returns is the `input` block of a bundle's meta.json; the file carries it too (IR rt_info
@@ -43,7 +43,8 @@ FRAME_LAYOUT, FRAME_DTYPE, FRAME_COLOR = "NHWC", "uint8", "RGB"
 # floor(sum + 0.5) reproduces PIL in float32 whatever order a runtime adds in.
 GREY_WEIGHTS = tuple(w / 65536 for w in (19595, 38470, 7471))
 MAX_FRAME = 8 * MAX_IMG_SIZE
-RESIZE_PARTS = 2  # int8 resize weights: 7-bit parts per weight (quantize_weights)
+RESIZE_PARTS = 1  # int8 resize weights: 7-bit parts per weight (quantize_weights); 2: ~10x closer, ~5% slower
+FLOAT_TAIL_MACS = 4_000_000  # int8_resize by default only where the float products after it stay this small
 INT8_RESIZE, RESIZED = "edgeres_preprocess/int8_width", "edgeres_preprocess/resized"  # IR node names
 ONNX_RESIZE_OPS = ("Conv", "Resize", "MatMul")
 _ANTIALIAS_OPSET = 18  # ONNX Resize gained `antialias` in opset 18
@@ -125,9 +126,11 @@ def add_openvino_preprocess(model_xml: str | Path, out_xml: str | Path, meta: Mo
     """Write `out_xml`: the IR at `model_xml` behind OpenVINO's PrePostProcessor taking uint8 NHWC RGB frames
     (fixed (H, W), or any size with frame=None); returns the meta.json `input` block the file carries.
 
-    int8_resize (default: for an INT8 IR with a fixed frame): the width pass as an integer convolution on the
-    uint8 frame (see _openvino_int8_width), within ~0.05 grey level of the exact weights; False keeps the
-    exact float path. An FP32/FP16 IR has no low-precision kernels to run it in: refused."""
+    int8_resize (default: for an INT8 IR with a fixed frame at least twice as wide as the model's input, where
+    the float products after it stay under FLOAT_TAIL_MACS): the width pass as an integer matrix product on the
+    uint8 frame (_openvino_int8_width), within ~0.3 grey level of the exact weights on noise (~0.02 on a
+    camera's smooth frames); False keeps the exact float path. An FP32/FP16 IR, with no low-precision kernels
+    to run it in, is refused."""
     import openvino as ov
     from openvino.preprocess import ColorFormat, PrePostProcessor, ResizeAlgorithm
 
@@ -142,7 +145,7 @@ def add_openvino_preprocess(model_xml: str | Path, out_xml: str | Path, meta: Mo
     plan = plan_preprocess(meta or embedded, frame, graph_fields(fields, xml)["output_names"])
     quantized = ir_precision(model)["int8"]
     if int8_resize is None:
-        int8_resize = quantized and plan.frame is not None
+        int8_resize = quantized and plan.frame is not None and _int8_resize_suits(plan)
     elif int8_resize and not quantized:
         raise UserInputError(f"int8_resize: {xml} is not an INT8 IR (no FakeQuantize in its graph), so nothing "
                              "would run the integer weights in integers; leave int8_resize unset for the exact path")
@@ -156,10 +159,8 @@ def add_openvino_preprocess(model_xml: str | Path, out_xml: str | Path, meta: Mo
     tensor.set_shape(ov.PartialShape([batch, ov.Dimension(h), ov.Dimension(w), ov.Dimension(3)]))
     ppp.input().model().set_layout(ov.Layout("NCHW"))
     steps = ppp.input().preprocess()
-    if int8_resize:  # the frame stays uint8: floats first come out of the width convolution
-        steps.custom(lambda node: _nhwc(_openvino_polyphase(_openvino_int8_width(node, plan), plan, axes=(2,),
-                                                            parts=RESIZE_PARTS)))
-        steps.convert_layout(ov.Layout("NCHW"))
+    if int8_resize:  # the frame stays uint8: floats first come out of the width's matrix product
+        steps.custom(lambda node: _openvino_int8_width(node, plan)).convert_layout(ov.Layout("NCHW"))
     elif plan.frame is None:  # any size: OpenVINO's own Pillow resize (exact, but ~10x slower than the model)
         steps.convert_element_type(ov.Type.f32)
         if plan.in_chans == 1:
@@ -203,70 +204,134 @@ def _openvino_pad(node: Any, pad: tuple[int, int, int, int]) -> Any:
                    ops.constant(np.float32(PAD_VALUE))).output(0)
 
 
-def block_weights(plan: Plan) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
-    """Pillow's width weights for `plan`'s fixed frame over blocks of pixels: (weights (in_chans, q, p, 3, k),
-    padding in blocks (before, after), gain). With the width shrinking by p/q in lowest terms a row is g blocks
-    of p pixels, and in an NHWC frame each block's p x 3 values are contiguous; output block j's q values of
-    channel c are sum(weights[c, :, :, :, d] * block j - before + d), times `gain` (the border renormalisation,
-    as in polyphase). A grey model's RGB -> L folds in, so L is not rounded as PIL's is (at most half a level)."""
-    w, rw, c = plan.frame[1], plan.resized[1], plan.in_chans
-    kernels, p, begin, _, gain = polyphase(w, rw)
-    offsets = np.arange(kernels.shape[1]) - begin  # each tap's pixel, from the start of the output's block
-    first, last = offsets[0] // p, offsets[-1] // p  # first <= 0 <= last: each output has taps on both sides
+def shares(src: int, dst: int, cost: Any) -> tuple[np.ndarray, np.ndarray]:
+    """bilinear_weights(src, dst) as one (S, P) matrix that every block of P consecutive inputs shares, and the
+    (src / P, S, dst) matrix that adds each block's S partial outputs into the outputs, with the border gains
+    (see polyphase): a block's inputs reach S outputs (those whose triangles overlap it); share s of block b is
+    output b Q + s - lead (Q = P q / p outputs per block). P: the number of p-input periods dividing src that
+    minimises cost(S, blocks)."""
+    kernels, p, begin, _, gain = polyphase(src, dst)
+    q, k = kernels.shape
+
+    def block(m: int) -> tuple[np.ndarray, int]:  # (S, m p) weights of block 0's inputs, and its lead
+        outputs = np.arange(-q * (k // p + 2), m * q + q * (k // p + 2))
+        taps = np.arange(m * p)[None, :] - (outputs // q)[:, None] * p + begin
+        dense = np.where((taps >= 0) & (taps < k),
+                         np.take_along_axis(kernels[outputs % q], np.clip(taps, 0, k - 1), axis=1), 0.0)
+        used = np.flatnonzero(dense.any(axis=1))
+        return dense[used[0]:used[-1] + 1], -int(outputs[used[0]])
+
+    periods = src // p
+    m = min((m for m in range(1, periods + 1) if periods % m == 0),
+            key=lambda m: cost(len(block(m)[0]), periods // m))
+    weights, lead = block(m)
+    combine = np.zeros((periods // m, len(weights), dst))
+    for b in range(periods // m):
+        for i in range(len(weights)):
+            out = b * m * q + i - lead
+            if 0 <= out < dst:
+                combine[b, i, out] = gain[out]
+    return weights, combine
+
+
+def width_shares(plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    """The width's `shares` for `plan`'s fixed frame, over the frame's RGB values: (block (P, 3, S, in_chans),
+    combine (W / P, S, resized width)). P: the most pixels for the fewest groups of 16 columns (S in_chans
+    RESIZE_PARTS of them; one AVX-512 register of int32 sums a group). A grey model's RGB -> L folds into the
+    block, so L is not rounded as PIL's is (at most half a grey level)."""
+    c = plan.in_chans
+
+    def cost(reach: int, blocks: int) -> tuple[int, int]:
+        return -(-reach * c * RESIZE_PARTS // 16), blocks
+
+    weights, combine = shares(plan.frame[1], plan.resized[1], cost)
     mix = np.asarray(GREY_WEIGHTS)[None, :] if c == 1 else np.eye(3)  # (output channel, colour)
-    weights = np.zeros((c, len(kernels), p, 3, last - first + 1))
-    for tap, offset in enumerate(offsets):
-        weights[:, :, offset % p, :, offset // p - first] += mix[:, None, :] * kernels[None, :, tap, None]
-    return weights, (-first, last), gain
+    return weights.T[:, None, :, None] * mix.T[None, :, None, :], combine
 
 
-def quantize_weights(weights: np.ndarray, parts: int = 2, bits: int = 7) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weights(weights: np.ndarray, parts: int = 1, bits: int = 7) -> tuple[np.ndarray, np.ndarray]:
     """(n, m) float weights as `parts` int8 matrices with per-row scales, (parts, n, m) and (parts, n): part i
     quantizes what parts < i left over, so sum_i q[i] * scale[i, :, None] approaches `weights` ~2^(bits-1)
-    times closer per part. 7 bits: a u8 x s8 pair sums below 2^15, so CPUs without VNNI (AVX2's vpmaddubsw,
-    which saturates int16) compute it exactly too."""
+    times closer per part; the last part's scales keep each row's sum (a flat image resizes exactly). 7 bits:
+    a u8 x s8 pair sums below 2^15, so CPUs without VNNI (AVX2's vpmaddubsw saturates int16) compute it exactly."""
     levels = 2 ** (bits - 1) - 1
     rest, ints, scales = np.asarray(weights, np.float64), [], []
-    for _ in range(parts):
+    for part in range(parts):
         peak = np.abs(rest).max(axis=1)
         scale = np.where(peak > 0, peak / levels, 1.0)
         q = np.round(rest / scale[:, None])
+        if part == parts - 1:
+            total = q.sum(axis=1)
+            scale = np.where(total != 0, rest.sum(axis=1) / np.where(total != 0, total, 1), scale)
         rest = rest - q * scale[:, None]
         ints.append(q.astype(np.int8))
         scales.append(scale)
     return np.stack(ints), np.stack(scales)
 
 
+def int8_resize_plan(plan: Plan) -> dict[str, np.ndarray]:
+    """The constants of the integer resize (see _openvino_int8_width) for `plan`'s fixed frame: "ints" (3 P,
+    columns) int8 and their "scales" (columns,), columns (part, share, channel) per block of P pixels; the
+    height's "rows" (S, rows per block) and "row_sums" (h, blocks x S); "sums" (blocks x columns, w x in_chans)."""
+    (h, _), (rh, rw), c = plan.frame, plan.resized, plan.in_chans
+    block, combine = width_shares(plan)
+    pixels, _, reach, _ = block.shape
+    ints, scales = quantize_weights(block.reshape(pixels * 3, reach * c).T, RESIZE_PARTS)  # rows (share, channel)
+    rows, row_sums = shares(h, rh, lambda s, blocks: h * s + rh * blocks * s)
+    sums = np.broadcast_to(combine[:, None, :, None, :, None] * np.eye(c)[None, None, None, :, None, :],
+                           (len(combine), RESIZE_PARTS, reach, c, rw, c))
+    return {"ints": ints.transpose(2, 0, 1).reshape(pixels * 3, -1), "scales": scales.reshape(-1),
+            "rows": rows, "row_sums": row_sums.reshape(-1, rh).T, "sums": sums.reshape(-1, rw * c)}
+
+
+def _int8_resize_suits(plan: Plan) -> bool:
+    """Whether the integer resize is the default for `plan`'s fixed frame: the width shrinks at least 2x (many
+    small taps per output, whose 7-bit errors average out; upscaling's few large ones would not) and the float
+    products after it (dense: they grow with the frame and the output) stay under FLOAT_TAIL_MACS."""
+    if plan.frame[1] < 2 * plan.resized[1]:
+        return False
+    k = int8_resize_plan(plan)
+    columns = k["sums"].shape[0]
+    macs = plan.frame[0] * len(k["rows"]) * columns + k["row_sums"].size * columns + k["sums"].size * plan.resized[0]
+    return macs <= FLOAT_TAIL_MACS
+
+
 def _openvino_int8_width(node: Any, plan: Plan) -> Any:
-    """uint8 NHWC RGB frame -> NCHW floats (N, RESIZE_PARTS in_chans, H, resized width): block_weights as one
-    integer convolution over the frame, which is read as it lies (a free reshape to N x H x g x 3p, taken
-    channels last) and never converted whole to floats. The uint8 -> f32 Convert with a scalar scale on the
-    frame, and int8 weights with a Convert and per-channel scales, is the dequantization pattern OpenVINO's
-    low-precision transformations run as a u8 x s8 convolution with int32 sums (in an INT8 model: they run
-    when the graph has FakeQuantize). The weights come in RESIZE_PARTS 7-bit parts (quantize_weights), each
-    part its own output channels, which the height pass sums: within ~0.05 grey level of the float weights."""
+    """uint8 NHWC RGB frame -> NHWC floats (N, resized h, resized w, in_chans). The width pass is one integer
+    matrix product over the frame as it lies: a free reshape to (N, H W / P, 3 P) rows of P pixels, times the
+    block weights (width_shares) in int8; the uint8 -> f32 Convert with a scalar scale, and int8 weights with a
+    Convert and per-column scales, is the dequantization pattern OpenVINO's low-precision transformations run
+    as a u8 x s8 product with int32 sums (in an INT8 model: they run when the graph has FakeQuantize), so the
+    frame is never converted whole. Small float products finish: each block of rows' height shares (one
+    product broadcast over the blocks), their sum into the output rows, then the width's shares into the
+    output columns, with the border gains (int8_resize_plan)."""
     import openvino.opset13 as ops
 
-    h, c = plan.frame[0], plan.in_chans
-    weights, (before, after), gain = block_weights(plan)
-    _, q, p, _, k = weights.shape
-    ints, scales = quantize_weights(weights.reshape(c * q, -1), RESIZE_PARTS)
-    # Output channels in (channel, part, phase) order: the height pass groups each channel's parts.
-    order = (1, 0, 2, 3)
-    ints = ints.reshape(RESIZE_PARTS, c, q, -1).transpose(order).reshape(-1, p * 3, 1, k)
-    scales = scales.reshape(RESIZE_PARTS, c, q).transpose(order[:3]).reshape(-1, 1, 1, 1)
-    blocks = ops.reshape(node, ops.constant(np.asarray([0, h, -1, p * 3], np.int64)), special_zero=True)
-    frame = ops.multiply(ops.convert(ops.transpose(blocks, ops.constant(np.asarray([0, 3, 1, 2], np.int64))),
-                                     "f32"), ops.constant(np.float32(1 / 255)))
-    kernel = ops.multiply(ops.convert(ops.constant(ints), "f32"), ops.constant((scales * 255).astype(np.float32)))
-    x = ops.convolution(frame, kernel, [1, 1], [0, before], [0, after], [1, 1])
+    (h, _), (rh, rw), c = plan.frame, plan.resized, plan.in_chans
+    k = int8_resize_plan(plan)
+    columns, per_block = k["sums"].shape[0], k["rows"].shape[1]
+
+    def const(value: np.ndarray) -> Any:
+        return ops.constant(np.ascontiguousarray(value, np.float32))
+
+    blocks = ops.reshape(node, ops.constant(np.asarray([0, -1, k["ints"].shape[0]], np.int64)), special_zero=True)
+    frame = ops.multiply(ops.convert(blocks, "f32"), const(np.float32(1 / 255)))
+    weights = ops.multiply(ops.convert(ops.constant(k["ints"]), "f32"), const(k["scales"][None] * 255))
+    x = ops.matmul(frame, weights, False, False)
     x.set_friendly_name(INT8_RESIZE)
-    x = _openvino_interleave(x, c * RESIZE_PARTS, q, h, axis=3)
-    return ops.multiply(x, ops.constant(gain.reshape(1, 1, 1, -1).astype(np.float32))).output(0)
+    x = ops.reshape(x, ops.constant(np.asarray([0, h // per_block, per_block, columns], np.int64)),
+                    special_zero=True)  # (N, row blocks, rows, (pixel block, part, share, channel))
+    x = ops.matmul(const(k["rows"]), x, False, False)
+    x = ops.reshape(x, ops.constant(np.asarray([0, -1, columns], np.int64)), special_zero=True)
+    x = ops.matmul(ops.matmul(const(k["row_sums"]), x, False, False), const(k["sums"]), False, False)
+    x = ops.reshape(x, ops.constant(np.asarray([0, rh, rw, c], np.int64)), special_zero=True)
+    x = ops.transpose(x, ops.constant(np.asarray([0, 3, 1, 2], np.int64)))
+    x.set_friendly_name(RESIZED)  # NCHW, as the other paths' (resized_pixels)
+    return _nhwc(x)
 
 
 def _nhwc(node: Any) -> Any:
-    """NCHW -> NHWC, for a custom step that left NCHW data where PrePostProcessor still counts the tensor's NHWC
+    """NCHW -> NHWC, for a custom step that made NCHW data where PrePostProcessor still counts the tensor's NHWC
     (its convert_layout then transposes back; OpenVINO fuses the two away)."""
     import openvino.opset13 as ops
 
@@ -312,11 +377,10 @@ def _openvino_shift_sum(node: Any, plan: Plan) -> Any:
     return ops.multiply(x, ops.constant(gain.reshape(1, 1, 1, rw).astype(np.float32)))
 
 
-def _openvino_polyphase(node: Any, plan: Plan, axes: tuple[int, ...] = (3, 2), parts: int = 1) -> Any:
+def _openvino_polyphase(node: Any, plan: Plan, axes: tuple[int, ...] = (3, 2)) -> Any:
     """NCHW RGB floats of the fixed frame -> NCHW in_chans x resized, Pillow's bilinear weights as one strided
     grouped convolution per axis (see polyphase). A grey model's RGB -> L weights fold into the first one, so L
-    is not rounded to an integer as PIL's is (at most half a grey level). parts: a height-only pass (axes=(2,))
-    whose input holds `parts` consecutive channels per channel, which it sums (see _openvino_int8_width)."""
+    is not rounded to an integer as PIL's is (at most half a grey level)."""
     import openvino.opset13 as ops
 
     (h, w), (rh, rw) = plan.frame, plan.resized
@@ -324,36 +388,30 @@ def _openvino_polyphase(node: Any, plan: Plan, axes: tuple[int, ...] = (3, 2), p
     for axis, (n, m) in ((a, (w, rw) if a == 3 else (h, rh)) for a in axes):
         kernels, stride, begin, end, gain = polyphase(n, m)
         q, k = kernels.shape
-        taps = (1, k) if axis == 3 else (k, 1)
-        shape = (q, 1 if axis == 3 else parts, *taps)
+        shape = (q, 1, 1, k) if axis == 3 else (q, 1, k, 1)
         strides, pads_begin, pads_end = ([1, stride], [0, begin], [0, end]) if axis == 3 else (
             [stride, 1], [begin, 0], [end, 0])
         chans = 3 if axis == 3 else plan.in_chans
         if axis == 3 and plan.in_chans == 1:  # [q, 3, 1, k]: RGB -> L and the resize in one convolution
-            weights = np.asarray(GREY_WEIGHTS)[None, :, None, None] * kernels.reshape(q, 1, *taps)
+            weights = np.asarray(GREY_WEIGHTS)[None, :, None, None] * kernels.reshape(shape)
             x = ops.convolution(x, ops.constant(weights.astype(np.float32)), strides, pads_begin, pads_end, [1, 1])
             chans = 1
         else:
-            weights = np.broadcast_to(kernels.reshape(1, q, 1, *taps), (chans, *shape)).astype(np.float32)
+            weights = np.broadcast_to(kernels.reshape(1, *shape), (chans, *shape)).astype(np.float32)
             x = ops.group_convolution(x, ops.constant(weights), strides, pads_begin, pads_end, [1, 1])
-        x = _openvino_interleave(x, chans, q, h if axis == 3 else rw, axis)
+        # [N, C * q, ...] with the q phases of each output block side by side -> [N, C, ..., m] in order
+        other = h if axis == 3 else rw
+        if q > 1:
+            blocks = m // q
+            split = (0, chans, q, other, blocks) if axis == 3 else (0, chans, q, blocks, other)
+            x = ops.reshape(x, ops.constant(np.asarray(split, np.int64)), special_zero=True)
+            x = ops.transpose(x, ops.constant(np.asarray([0, 1, 3, 4, 2] if axis == 3 else [0, 1, 3, 2, 4])))
+            size = (0, chans, other, m) if axis == 3 else (0, chans, m, other)
+            x = ops.reshape(x, ops.constant(np.asarray(size, np.int64)), special_zero=True)
         gain_shape = (1, 1, 1, m) if axis == 3 else (1, 1, m, 1)
         x = ops.multiply(x, ops.constant(gain.reshape(gain_shape).astype(np.float32)))
     x.set_friendly_name(RESIZED)
     return x.output(0)
-
-
-def _openvino_interleave(x: Any, chans: int, q: int, other: int, axis: int) -> Any:
-    """[N, chans q, ...] with each output block's q phases side by side along `axis` -> [N, chans, ...] in order."""
-    import openvino.opset13 as ops
-
-    if q == 1:
-        return x
-    split = (0, chans, q, other, -1) if axis == 3 else (0, chans, q, -1, other)
-    x = ops.reshape(x, ops.constant(np.asarray(split, np.int64)), special_zero=True)
-    x = ops.transpose(x, ops.constant(np.asarray([0, 1, 3, 4, 2] if axis == 3 else [0, 1, 3, 2, 4])))
-    size = (0, chans, other, -1) if axis == 3 else (0, chans, -1, other)
-    return ops.reshape(x, ops.constant(np.asarray(size, np.int64)), special_zero=True)
 
 
 # ---------------------------------------------------------------- ONNX
@@ -593,7 +651,8 @@ class FrameSession:
             request = compiled.create_infer_request()
             self.names = [o.get_any_name() for o in compiled.outputs]
             # The request's output buffers are reused by the next call: keep copies.
-            self._run = lambda x: [np.array(v) for v in request.infer({0: x}).values()]
+            # share_inputs: the frame is read in place, not copied first (as the Runners do)
+            self._run = lambda x: [np.array(v) for v in request.infer({0: x}, share_inputs=True).values()]
         else:
             import onnxruntime as ort
 

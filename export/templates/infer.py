@@ -166,7 +166,7 @@ class OpenVinoModel:
                      "inference_precision": getattr(hint, "get_type_name", lambda: str(hint))()}
 
     def run(self, x: np.ndarray) -> dict:
-        self.request.infer({0: x.astype(self.dtype, copy=False)})
+        self.request.infer({0: np.ascontiguousarray(x, dtype=self.dtype)}, share_inputs=True)  # no copy of a frame
         return {name: self.request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
 
 
