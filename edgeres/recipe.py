@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeres.artifacts import read_user_document
 from edgeres.errors import UserInputError
+from edgeres.yamlfile import key_mark, parse_yaml
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -132,7 +133,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         if not path.is_file():
             raise UserInputError(f"no recipe named {name_or_path!r}; packaged recipes: {list_recipes()}, "
                                  "or give a path to a YAML file")
-    raw, node = read_user_document(path, _parse_yaml, (yaml.YAMLError,), "a recipe file in YAML")
+    raw, node = read_user_document(path, parse_yaml, (yaml.YAMLError,), "a recipe file in YAML")
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__
         raise UserInputError(f"{path}: a recipe is a mapping of stages, got {got}")
@@ -144,16 +145,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise UserInputError(f"{path}: invalid recipe: {'; '.join(problems[:5])}{more}") from None
 
 
-def _parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
-    """The document (safe types only) and its node tree, which knows where each key is."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        return (loader.construct_document(node) if node is not None else None), node
-    finally:
-        loader.dispose()
-
-
 def _describe(err: dict[str, Any], node: yaml.Node | None) -> str:
     """One validation error as `field (line L, column C): what was wrong`, quoting no text from the file.
 
@@ -162,29 +153,12 @@ def _describe(err: dict[str, Any], node: yaml.Node | None) -> str:
     """
     unknown = err["type"] == "extra_forbidden"
     known = err["loc"][:-1] if unknown else err["loc"]
-    mark = None if err["type"] == "missing" else _mark(node, err["loc"])
+    mark = None if err["type"] == "missing" else key_mark(node, err["loc"])
     where = (".".join(map(str, known)) or "top level") + (f" (line {mark.line + 1}, column {mark.column + 1})"
                                                           if mark else "")
     if unknown:
         return f"{where}: unknown field; expected one of {', '.join(_fields(known))}"
     return f"{where}: {err['msg']}"
-
-
-def _mark(node: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Mark | None:
-    """Where the key (or list item) `loc` points at starts in the file; None if it is not there (missing)."""
-    mark = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)]
-            if not found:
-                return mark if mark is not None else node.start_mark
-            mark, node = found[0][0].start_mark, found[0][1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            mark = node.start_mark
-        else:
-            break
-    return mark
 
 
 def _fields(loc: tuple[Any, ...]) -> list[str]:

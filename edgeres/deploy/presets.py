@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgeres.artifacts import read_user_document
 from edgeres.deploy.resources import data_dir
 from edgeres.errors import UserInputError
-from edgeres.recipe import _mark, _parse_yaml
+from edgeres.yamlfile import key_mark, parse_yaml
 
 if TYPE_CHECKING:
     from edgeres.export import ExportConfig
@@ -115,7 +115,7 @@ def resolve(name_or_path: str | Path, folder: Path, names: typing.Callable[[], l
 
 def load_yaml_model(path: Path, model: type[Model], expected: str) -> Model:
     """Parse `path` (safe YAML) and validate it as `model`; a problem is a UserInputError naming field and line."""
-    raw, node = read_user_document(path, _parse_yaml, (yaml.YAMLError,), expected)
+    raw, node = read_user_document(path, parse_yaml, (yaml.YAMLError,), expected)
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise UserInputError(f"{path}: expected a mapping of fields, got {got}")
@@ -138,7 +138,7 @@ def _describe(err: Any, node: yaml.Node | None, model: type[BaseModel]) -> str:
     unknown = err["type"] == "extra_forbidden"
     known = loc[:-1] if unknown else loc
     path = ".".join(str(p) if isinstance(p, int) or p in words else "…" for p in known)
-    mark = None if err["type"] == "missing" else _mark(node, loc)
+    mark = None if err["type"] == "missing" else key_mark(node, loc)
     where = (path or "top level") + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
     if unknown:
         return f"{where}: unknown field; expected one of {', '.join(_fields_at(model, known))}"
