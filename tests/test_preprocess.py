@@ -5,6 +5,7 @@ import openvino as ov
 import pytest
 from PIL import Image
 
+from edgeres.checkpoint import load_checkpoint
 from edgeres.data import DataConfig, load_data
 from edgeres.errors import UserInputError
 from edgeres.export import ExportConfig, export_checkpoint
@@ -17,7 +18,7 @@ from edgeres.export.preprocess import (GREY_WEIGHTS, INT8_RESIZE, FrameSession, 
 from edgeres.meta import ModelMeta
 from edgeres.runtime.embedded import ir_precision
 from edgeres.tasks import get_task
-from test_detect_export import DATA, IMG, _detector
+from test_detect_export import DATA
 
 VGA, ODD = (480, 640), (77, 123)  # (height, width): a camera frame, and a size nothing divides evenly
 
@@ -53,15 +54,11 @@ def classifier(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
-    """A random test_yolo (raised scores: it finds boxes) exported FP32 to ONNX and OpenVINO, and frames."""
-    task = get_task("detection")
-    bundle = task.load_data(DATA)
-    anchors = task.model_kwargs(bundle)
-    model = _detector(len(bundle.class_names), **anchors)
-    meta = ModelMeta(arch="test_yolo", num_classes=len(bundle.class_names), img_size=IMG, arch_kwargs=anchors,
-                     class_names=list(bundle.class_names), task="detection", mean=tuple(bundle.mean),
-                     std=tuple(bundle.std))
+def detector(random_detector, tmp_path_factory):
+    """conftest's random test_yolo (raised scores: it finds boxes) exported FP32 to ONNX and OpenVINO, and frames."""
+    model, meta = load_checkpoint(random_detector)
+    model.eval()
+    bundle = get_task("detection").load_data(DATA)
     out = tmp_path_factory.mktemp("det")
     export_onnx(model, meta, out / "det.onnx")
     export_openvino(model, meta, out / "det.xml")

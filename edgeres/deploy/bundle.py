@@ -24,11 +24,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgeres import runtime
-from edgeres.artifacts import (EXPORT_RECORD, atomic_path, package_versions, read_json, scratch_dir, sha256_file,
-                               write_json, write_text)
+from edgeres.artifacts import (EXPORT_RECORD, atomic_path, check_recorded_sha256, package_versions, read_json,
+                               scratch_dir, sha256_file, write_json, write_text)
 from edgeres.deploy.presets import FORMAT_OF
 from edgeres.errors import UserInputError
+from edgeres.runtime.embedded import read_export_meta
 from edgeres.tasks import get_task
 
 log = logging.getLogger("edgeres")
@@ -88,7 +88,7 @@ def deploy(source: str | Path, out: str | Path, config: DeployConfig = DeployCon
             say("preprocessing into the graph")
             meta["input"].update(_add_preprocess(stage, meta, config.frame))
         say("golden inputs")
-        _write_golden(stage, meta, model.data, config.golden)
+        _write_golden(stage, meta, model.meta, config.golden)
         say("on-target scripts")
         _write_templates(stage, meta, model)
         write_text(stage / "requirements.txt", _requirements(preset.backend))
@@ -115,7 +115,7 @@ class _Model:
     record: dict[str, Any]      # the export.json entry
     document: dict[str, Any]    # the whole export.json
     extra: list[Path]           # files that travel with it (an IR's .bin, TensorRT's build scripts)
-    data: dict[str, Any] | None = None  # the data the model was trained on (its model.json's DataConfig)
+    meta: Any = None            # the file's embedded ModelMeta (read by _meta)
 
 
 def _check_out(out: Path, source: Path) -> None:
@@ -167,7 +167,8 @@ def _model_for(source: Path, preset: Any, precision: str, exports: Path) -> _Mod
         reasons = "; ".join(f.get("error") or "; ".join(f["validation"]["failures"]) for f in document["failed"])
         raise UserInputError(f"exporting {source} to {backend} {precision} failed validation: {reasons}")
     found = _find(exports, backend, precision)
-    assert found is not None, "the export just written lists its file"
+    if found is None:
+        raise RuntimeError(f"the export just written to {exports} does not list its {backend} {precision} file")
     return found
 
 
@@ -186,8 +187,6 @@ def _find(folder: Path, backend: str, precision: str, file: Path | None = None) 
             extra = [p for p in paths if p != main]
         if file is not None and main.resolve() != file.resolve():
             continue
-        from edgeres.artifacts import check_recorded_sha256
-
         check_recorded_sha256(*(p for p in [main, *extra] if p.suffix in (".onnx", ".xml", ".bin")))
         return _Model(main, backend, precision, entry, document, extra)
     return None
@@ -206,8 +205,7 @@ def _copy_model(model: _Model, stage: Path) -> list[str]:
 
 def _meta(model: _Model, preset: Any, precision: str, files: list[str]) -> dict[str, Any]:
     """meta.json: what infer.py needs, read from the file's own embedded model.json and export.json."""
-    runner_meta = runtime.load(model.file, backend="onnxruntime" if model.backend == "tensorrt" else None).meta
-    model.data = runner_meta.data
+    runner_meta = model.meta = read_export_meta(model.file)
     task = get_task(runner_meta.task)
     outputs = list(model.record.get("output_names") or model.document.get("output_names") or ["logits"])
     if model.backend == "tensorrt" and (model.record.get("nms") or {}).get("plugin"):
@@ -285,21 +283,15 @@ def _test_images(meta: dict[str, Any], data: dict[str, Any] | None, n: int) -> t
     return pixels, f"the first {len(pixels)} test-split images of {(data or {}).get('source')}"
 
 
-def _prepared(meta: dict[str, Any], frames: np.ndarray) -> np.ndarray:
+def _prepared(meta: dict[str, Any], model_meta: Any, frames: np.ndarray) -> np.ndarray:
     """What the model file takes for these frames: the frames themselves when the graph preprocesses, else the
     task's own host preparation (as `edgeres predict` does)."""
     if meta["input"]["in_graph_preprocess"]:
         return frames
     from PIL import Image
 
-    from edgeres.meta import ModelMeta
-
     task = get_task(meta["task"])
-    m = ModelMeta(arch=meta["source"]["arch"] or "unknown", num_classes=len(meta["class_names"]),
-                  in_chans=meta["input"]["in_chans"], img_size=meta["input"]["img_size"],
-                  mean=tuple(meta["input"]["mean"]), std=tuple(meta["input"]["std"]),
-                  class_names=meta["class_names"], task=meta["task"])
-    return np.stack([task.prepare(Image.fromarray(f), m)[0] for f in frames]).astype(np.float32)
+    return np.stack([task.prepare(Image.fromarray(f), model_meta)[0] for f in frames]).astype(np.float32)
 
 
 def _run_file(path: Path, precision: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -328,9 +320,9 @@ def _run_file(path: Path, precision: str, x: np.ndarray) -> dict[str, np.ndarray
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _write_golden(stage: Path, meta: dict[str, Any], data: dict[str, Any] | None, n: int) -> None:
-    frames, meta["golden"]["origin"] = _golden_frames(meta, data, n)
-    x = _prepared(meta, frames)
+def _write_golden(stage: Path, meta: dict[str, Any], model_meta: Any, n: int) -> None:
+    frames, meta["golden"]["origin"] = _golden_frames(meta, model_meta.data, n)
+    x = _prepared(meta, model_meta, frames)
     expected = _run_file(stage / (meta["onnx"] or meta["model"]), meta["precision"], x)
     (stage / "golden").mkdir()
     with atomic_path(stage / GOLDEN_INPUTS) as tmp:

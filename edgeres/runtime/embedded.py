@@ -46,6 +46,15 @@ def read_onnx_meta(path: str | Path) -> ModelMeta:
     return read_meta({p.key: p.value for p in proto.metadata_props}, path)
 
 
+def read_export_meta(path: str | Path) -> ModelMeta:
+    """The ModelMeta of an exported .onnx or .xml, read from the file without compiling it."""
+    if Path(path).suffix == ".xml":
+        import openvino as ov
+
+        return read_edgeres_info(ov.Core().read_model(str(path)), path)[0]
+    return read_onnx_meta(path)
+
+
 def read_edgeres_info(ov_model: Any, path: str | Path = "model") -> tuple[ModelMeta, dict[str, str | None]]:
     """The ModelMeta and other edgeres fields stored in an IR; UserInputError when it has none."""
     if not ov_model.has_rt_info([RT_KEY, "meta"]):
