@@ -9,6 +9,7 @@ from typing import NoReturn, Optional
 import typer
 
 from edgeres.deploy.commands import register as register_deploy_commands
+from edgeres.optimize.commands import register as register_optimize_commands
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
 from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
@@ -188,6 +189,14 @@ def export_cmd(
     max_det: int = typer.Option(100, help="With --nms: detections kept per image."),
     nms_iou: float = typer.Option(0.6, help="With --nms: IoU above which boxes of one class are suppressed."),
     nms_conf: float = typer.Option(0.25, help="With --nms: boxes scoring below this are dropped."),
+    int8_preset: Optional[str] = typer.Option(None, help="int8: NNCF's preset, 'performance' (symmetric "
+                                              "activations) or 'mixed' (asymmetric activations); default: each "
+                                              "backend's own (OpenVINO performance, ONNX Runtime mixed)."),
+    int8_per_channel: bool = typer.Option(True, "--int8-per-channel/--int8-per-tensor",
+                                          help="ONNX int8: a weight scale per output channel, or one per tensor "
+                                               "(OpenVINO always scales per channel)."),
+    int8_method: str = typer.Option("minmax", help="ONNX int8 calibration: minmax, entropy or percentile "
+                                                   "(OpenVINO uses NNCF's own)."),
 ) -> None:
     """Export to ONNX / OpenVINO / TensorRT; each file is validated against PyTorch before it is kept."""
     from edgeres.export import ExportConfig, export_checkpoint
@@ -196,7 +205,8 @@ def export_cmd(
     config = ExportConfig(formats=_csv(to, "--to"), precisions=_csv(precision, "--precision"), opset=opset,
                           dynamic_batch=dynamic_batch, calib_data=calib_data, calib_size=calib_size,
                           max_drop=max_drop, keep_attention_float=attention_float, nms=nms, max_det=max_det,
-                          nms_iou=nms_iou, nms_conf=nms_conf)
+                          nms_iou=nms_iou, nms_conf=nms_conf, int8_preset=int8_preset,
+                          int8_per_channel=int8_per_channel, int8_method=int8_method)
     out = out or checkpoint / "exports"
     with progress_bar("exporting", total=None) as advance:
         document = export_checkpoint(checkpoint, out, config, progress=lambda what: advance(0, step=what))
@@ -433,6 +443,7 @@ def run_cmd(
 
 
 register_deploy_commands(app)
+register_optimize_commands(app)
 
 
 def main() -> None:
@@ -451,7 +462,8 @@ def main() -> None:
             _exit_internal_error(e)
         _exit_bad_input(user_error)
     except KeyboardInterrupt:
-        fail("interrupted; a training run continues with --resume")
+        fail("interrupted; `edgeres train --resume` continues a training run, and `edgeres optimize` run again "
+             "with the same --out continues a search")
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - anything else is a bug; never exit 1, which means "regression"
         _exit_internal_error(e)

@@ -126,11 +126,17 @@ def _stage_prune(run: _Run, resume: bool) -> None:
     from edgeres.compress.prune import PruneConfig
 
     p = run.recipe.prune
-    if (p.macs is None) == (p.params is None):
-        raise UserInputError("prune: give exactly one of macs or params")
-    target, amount = ("macs", p.macs) if p.macs is not None else ("params", p.params)
+    given = {k: v for k, v in (("macs", p.macs), ("params", p.params), ("latency", p.latency)) if v is not None}
+    if len(given) != 1:
+        raise UserInputError(f"prune: give exactly one of macs, params or latency, got {sorted(given) or 'none'}")
+    (target, amount), = given.items()
+    roofline = None
+    if target == "latency":
+        from edgeres.deploy.estimate import pruning_roofline
+
+        roofline = dict(p.roofline) if p.roofline else pruning_roofline(p.latency_device)
     config = PruneConfig(target=target, amount=amount, importance=p.importance, global_pruning=p.global_pruning,
-                         round_to=p.round_to, steps=p.steps)
+                         round_to=p.round_to, steps=p.steps, roofline=roofline)
     ft = FinetuneConfig(epochs=p.finetune_epochs, lr=p.lr, teacher=str(run.dirs["train"]) if p.distill else None,
                         temperature=p.temperature, alpha=p.alpha, seed=run.recipe.seed, device=p.device, amp=p.amp)
     compress_checkpoint(run.dirs["train"], run.dirs["prune"], config, ft)
@@ -144,7 +150,8 @@ def _stage_export(run: _Run, resume: bool) -> None:
                             ExportConfig(formats=tuple(e.to), precisions=tuple(e.precisions),
                                          calib_size=e.calib_size, max_drop=e.max_drop,
                                          dynamic_batch=e.dynamic_batch, nms=e.nms, max_det=e.max_det,
-                                         nms_iou=e.nms_iou, nms_conf=e.nms_conf))
+                                         nms_iou=e.nms_iou, nms_conf=e.nms_conf, int8_preset=e.int8_preset,
+                                         int8_per_channel=e.int8_per_channel, int8_method=e.int8_method))
     if not doc["artifacts"]:
         raise CheckFailed(f"every export failed validation; see {run.dirs['export'] / 'export.json'}")
 

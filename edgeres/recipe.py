@@ -53,6 +53,10 @@ class TrainStage(_Strict):
 class PruneStage(_Strict):
     macs: Optional[float] = Field(None, gt=0, le=1)
     params: Optional[float] = Field(None, gt=0, le=1)
+    latency: Optional[float] = Field(None, gt=0, le=1)  # kept fraction of the roofline latency on latency_device
+    latency_device: str = "host"    # the device profile whose roofline costs the layers (target latency)
+    # ... or its numbers as `edgeres optimize` used them: ops_per_s, bytes_per_s, overhead_s, element_bytes
+    roofline: Optional[dict[str, float]] = None
     importance: Literal["l1", "l2", "bn", "taylor"] = "l2"
     global_pruning: bool = False
     round_to: int = Field(8, ge=1)
@@ -76,6 +80,9 @@ class ExportStage(_Strict):
     max_det: int = Field(100, ge=1)
     nms_iou: float = Field(0.6, gt=0, le=1)
     nms_conf: float = Field(0.25, ge=0, lt=1)
+    int8_preset: Optional[Literal["performance", "mixed"]] = None  # symmetric / asymmetric activations
+    int8_per_channel: bool = True   # ONNX Runtime weight scales (NNCF is always per channel)
+    int8_method: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime calibration
 
 
 class BenchStage(_Strict):

@@ -40,6 +40,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"            # auto, cpu, cuda or cuda:N, as for training
     amp: bool | str = False         # mixed precision, as for training
+    recalibrate_bn: bool = True     # re-estimate BatchNorm statistics on the training split afterwards
 
     def __post_init__(self) -> None:
         for name, least in (("epochs", 0), ("step_epochs", 0), ("batch_size", 1), ("seed", 0)):
@@ -49,6 +50,7 @@ class FinetuneConfig:
         require_number("alpha", self.alpha, 0, 1)  # 1: hard labels only, no distillation
         require_number("feature_weight", self.feature_weight, 0)
         check_device(self.device)
+        require_bool("recalibrate_bn", self.recalibrate_bn)
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise UserInputError(f"amp must be true, false or 'auto', got {self.amp!r}")
 
@@ -85,8 +87,13 @@ def _step_finetuner(bundle, ft: FinetuneConfig, criterion, execution: Execution,
 
 
 def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneConfig | None,
-                        finetune: FinetuneConfig = FinetuneConfig(), sparsity: float | None = None) -> dict[str, Any]:
-    """Prune `ckpt` structurally (or sparsify it), fine-tune (distilled if a teacher is given), save to `out`."""
+                        finetune: FinetuneConfig = FinetuneConfig(), sparsity: float | None = None,
+                        source_metrics: dict | None = None) -> dict[str, Any]:
+    """Prune `ckpt` structurally (or sparsify it), fine-tune (distilled if a teacher is given), save to `out`.
+
+    source_metrics: the source's test metrics as its metrics.json holds them, when the caller has them (a
+    search compressing one source many times); by default they are measured again through its Runner.
+    """
     execution = resolve_execution(finetune.device, finetune.amp)  # refuse a missing GPU before pruning, not after
     source = checkpoint_dir(ckpt)
     out = Path(out)
@@ -99,7 +106,8 @@ def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneCo
         raise UserInputError(f"{source} records no training data; compression needs it to fine-tune and measure")
     task = get_task(meta.task)
     bundle = load_task_data(meta)
-    before = _figures(model, meta, (source / WEIGHTS_FILE).stat().st_size, _test_metrics(source, bundle))
+    before = _figures(model, meta, (source / WEIGHTS_FILE).stat().st_size,
+                      source_metrics or _test_metrics(source, bundle))
     teacher = load_teacher(finetune.teacher, meta) if finetune.teacher else None
     distiller = None
     if teacher is not None:
@@ -126,7 +134,52 @@ def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneCo
         _save_without_training(model, meta, out, bundle)
     if distiller is not None:
         distiller.close()
+    if finetune.recalibrate_bn:
+        _recalibrate_saved(out, bundle, finetune.batch_size)
     return _finish(out, meta, model, before, bundle)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, bundle, batch_size: int = 64) -> int:
+    """Re-estimate every BatchNorm's running mean and variance as the plain average over the training split
+    (un-augmented, no gradients); returns the number of layers reset.
+
+    Pruning changes what every layer sees, and a short fine-tune (a few dozen steps with momentum 0.1) leaves
+    the running statistics far from the pruned network's: measured on digits at 128x128, a ResNet-18 pruned
+    to 25% of its MACs and fine-tuned 2 epochs (18 steps) scored 30.4% on val, and 97.8% after this.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch
+    was_training = model.training
+    model.train()
+    try:
+        for x, _ in bundle.batches("train", batch_size):
+            model(torch.from_numpy(x))
+    finally:
+        model.train(was_training)
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+    return len(layers)
+
+
+def _recalibrate_saved(out: Path, bundle, batch_size: int) -> None:
+    """Recalibrate the saved best checkpoint's BatchNorm statistics in place, then measure it again."""
+    from edgeres.checkpoint import save_checkpoint
+    from edgeres.train.loop import finalize_run
+
+    model, meta = load_checkpoint(out)
+    layers = recalibrate_bn(model, bundle, batch_size)
+    if layers:
+        model.eval()
+        save_checkpoint(model, meta, out)
+        history = read_json(out / "history.json") if (out / "history.json").exists() else []
+        finalize_run(out, history, bundle)
+        log.info("BatchNorm statistics of %d layers re-estimated on the training split", layers)
 
 
 def _save_without_training(model, meta, out: Path, bundle) -> None:

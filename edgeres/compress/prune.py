@@ -13,7 +13,7 @@ from torch import nn
 from edgeres.bench.profile import count_macs, count_params
 from edgeres.errors import UserInputError
 
-TARGETS = ("macs", "params", "ratio")
+TARGETS = ("macs", "params", "ratio", "latency")
 IMPORTANCES = ("l1", "l2", "bn", "taylor")
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -29,6 +29,11 @@ class PruneConfig:
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in every layer
     round_to: int = 8             # pruned widths stay multiples of this where the original width was one
     steps: int = 1                # prune in this many steps, calling `finetune` between them
+    # target "latency": a roofline of the runtime, {"ops_per_s", "bytes_per_s", "overhead_s", "element_bytes"};
+    # each conv/linear layer costs max(2 MACs / ops_per_s, bytes moved / bytes_per_s) + overhead_s, and
+    # `amount` is the fraction of the unpruned model's estimated latency to keep. With global_pruning a
+    # channel's importance is divided by the latency its removal saves, so expensive channels go first.
+    roofline: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -49,6 +54,15 @@ class PruneConfig:
                 raise UserInputError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.global_pruning, bool):
             raise UserInputError(f"global_pruning must be true or false, got {self.global_pruning!r}")
+        if (self.target == "latency") != (self.roofline is not None):
+            raise UserInputError("target 'latency' needs a roofline (ops_per_s, bytes_per_s, overhead_s, "
+                                 "element_bytes), and a roofline is only used by target 'latency'")
+        if self.roofline is not None:
+            keys = ("ops_per_s", "bytes_per_s", "overhead_s", "element_bytes")
+            bad = [k for k in keys if not isinstance(self.roofline.get(k), (int, float))
+                   or isinstance(self.roofline.get(k), bool) or not self.roofline[k] >= 0]
+            if bad or not self.roofline["ops_per_s"] > 0 or not self.roofline["bytes_per_s"] > 0:
+                raise UserInputError(f"roofline needs positive numbers for {list(keys)}; got {self.roofline!r}")
 
 
 @dataclasses.dataclass
@@ -100,7 +114,8 @@ def prune(model: nn.Module, input_shape: tuple[int, int, int], config: PruneConf
     was_training = model.training
     trainable = {n: p.requires_grad for n, p in model.named_parameters()}
     try:
-        before = (count_params(model), count_macs(model, input_shape), _channels(model))
+        before = (count_params(model), count_macs(model, input_shape), _channels(model),
+                  estimated_latency(model, input_shape, config.roofline) if config.roofline else None)
     except RuntimeError as e:
         raise UserInputError(f"input_shape {input_shape} does not fit the model: {e}") from e
     ratios: list[float] = []
@@ -115,8 +130,9 @@ def prune(model: nn.Module, input_shape: tuple[int, int, int], config: PruneConf
             finetune(model, step)
     model.train(was_training)
     params, macs = count_params(model), count_macs(model, input_shape)
-    achieved = {"macs": macs / before[1], "params": params / before[0],
-                "ratio": 1 - _channels(model) / before[2]}[config.target]
+    achieved = {"macs": lambda: macs / before[1], "params": lambda: params / before[0],
+                "ratio": lambda: 1 - _channels(model) / before[2],
+                "latency": lambda: estimated_latency(model, input_shape, config.roofline) / before[3]}[config.target]()
     widths = {n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
               for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     return PruneReport(config, input_shape, before[0], params, before[1], macs, achieved, ratios, widths)
@@ -136,7 +152,7 @@ def _channels(model: nn.Module) -> int:
 
 
 def _prune_step(model: nn.Module, input_shape: tuple[int, int, int], config: PruneConfig, step: int,
-                before: tuple[int, int, int], calib: Batches | None, units: dict[str, int],
+                before: tuple, calib: Batches | None, units: dict[str, int],
                 loss: Callable[[Any, torch.Tensor], torch.Tensor]) -> float:
     """One pruning step: rank channels once, find the channel ratio for this step's goal, prune."""
     if config.importance == "taylor":
@@ -148,18 +164,33 @@ def _prune_step(model: nn.Module, input_shape: tuple[int, int, int], config: Pru
         done, goal = config.amount * (step - 1) / config.steps, config.amount * step / config.steps
         ratio = 1 - (1 - goal) / (1 - done)
     else:
-        reference = before[1] if config.target == "macs" else before[0]
+        reference = {"macs": before[1], "params": before[0], "latency": before[3]}[config.target]
         goal = reference * (1 - (1 - config.amount) * step / config.steps)
-        ratio = _budget_ratio(model, graph, scores, input_shape, config, goal, reference)
+        cost = (_LatencyCost(model, graph, scores, input_shape, config.roofline) if config.target == "latency"
+                else _WidthCost(model, graph, scores, input_shape, config.target))
+        if config.target == "latency" and config.global_pruning:
+            scores = _per_latency(scores, cost)
+        ratio = _budget_ratio(model, scores, input_shape, config, goal, reference, cost)
     _apply(model, graph, _plan(scores, ratio, config.global_pruning))
     return ratio
 
 
-def _budget_ratio(model: nn.Module, graph, scores: list, input_shape: tuple[int, int, int], config: PruneConfig,
-                  goal: float, reference: float) -> float:
-    """The smallest channel ratio that brings the model's MACs or params down to `goal`."""
+def _per_latency(scores: list[tuple[str, torch.Tensor, int]], cost: "_LatencyCost") -> list[tuple[str, torch.Tensor, int]]:
+    """Importance per unit of latency: each group's (normalised) importance divided by what removing one of
+    its channels saves on the roofline, relative to the mean saving over groups. A wide layer that moves much
+    data for few MACs then gives channels before a narrow, compute-bound one of equal importance."""
+    full = cost({})
+    savings = [max(full - cost({name: [0]}), 0.0) for name, _, _ in scores]
+    mean = sum(savings) / len(savings) if savings else 0.0
+    if mean <= 0:
+        return scores
+    return [(name, imp / max(saving / mean, 1e-3), unit) for (name, imp, unit), saving in zip(scores, savings)]
+
+
+def _budget_ratio(model: nn.Module, scores: list, input_shape: tuple[int, int, int], config: PruneConfig, goal: float,
+                  reference: float, estimate: "_WidthCost") -> float:
+    """The smallest channel ratio that brings the model's MACs, params or estimated latency down to `goal`."""
     candidates = _candidates(scores, config.global_pruning)
-    estimate = _WidthCost(model, graph, scores, input_shape, config.target)
 
     def cost(i: int) -> float:
         return estimate(_plan(scores, candidates[i], config.global_pruning))
@@ -174,6 +205,8 @@ def _budget_ratio(model: nn.Module, graph, scores: list, input_shape: tuple[int,
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if cost(mid) <= goal else (mid, hi)
+    if config.target == "latency":  # the roofline over widths is the measure itself
+        return candidates[hi]
     # The estimate sees conv, linear and norm widths only: confirm on a pruned copy, step on if it missed.
     measure = count_macs if config.target == "macs" else (lambda m, _: count_params(m))
     for i in range(hi, len(candidates)):
@@ -209,6 +242,58 @@ class _WidthCost:
             out, inp = out - removed.get((name, 0), 0), inp - removed.get((name, 1), 0)
             total += out * inp * per_pair + out * per_out
         return total
+
+
+class _LatencyCost(_WidthCost):
+    """Estimated latency (seconds) after a plan: every conv and linear layer on the roofline at its new widths."""
+
+    def __init__(self, model: nn.Module, graph, scores: list, input_shape: tuple[int, int, int],
+                 roofline: dict[str, float]):
+        self.terms, self.roofline, self.other = _latency_terms(model, input_shape), roofline, 0.0
+        self.couplings = _couplings(model, graph, scores)
+
+    def _total(self, removed: dict[tuple[str, int], int]) -> float:
+        return _roofline_total(self.terms, self.roofline, removed)
+
+
+def estimated_latency(model: nn.Module, input_shape: tuple[int, int, int], roofline: dict[str, float]) -> float:
+    """The roofline's latency (seconds, batch 1) of `model`'s conv and linear layers."""
+    return _roofline_total(_latency_terms(model, input_shape), roofline, {})
+
+
+def _roofline_total(terms: dict[str, tuple], r: dict[str, float], removed: dict[tuple[str, int], int]) -> float:
+    total = 0.0
+    for name, (out, inp, k, pos_out, pos_in) in terms.items():
+        out, inp = out - removed.get((name, 0), 0), inp - removed.get((name, 1), 0)
+        ops = 2.0 * out * inp * k * pos_out
+        nbytes = (inp * pos_in + out * pos_out + out * inp * k) * r["element_bytes"]
+        total += max(ops / r["ops_per_s"], nbytes / r["bytes_per_s"]) + r["overhead_s"]
+    return total
+
+
+def _latency_terms(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, tuple]:
+    """name -> (out, in, kernel taps per in channel, output positions, input positions) of conv and linear layers."""
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(
+                 n, (o[0].numel() // o.shape[1], i[0][0].numel() // i[0].shape[1])))
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    terms = {}
+    for name, m in model.named_modules():
+        if name not in shapes:
+            continue
+        pos_out, pos_in = shapes[name]
+        if isinstance(m, nn.Conv2d):
+            terms[name] = (m.out_channels, m.in_channels, m.kernel_size[0] * m.kernel_size[1] / m.groups,
+                           pos_out, pos_in)
+        else:
+            terms[name] = (m.out_features, m.in_features, 1, pos_out, pos_in)
+    return terms
 
 
 def _width_terms(model: nn.Module, input_shape: tuple[int, int, int], target: str) -> dict[str, tuple]:

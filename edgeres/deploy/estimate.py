@@ -562,3 +562,16 @@ def fit_efficiency(costs: Sequence[GraphCost], measured_ms: Sequence[float], dev
     return {p: Efficiency(compute=float(factors[i]), memory=float(factors[k]), overhead_us=float(factors[k + 1]))
             for i, p in enumerate(precisions)}
 
+
+
+def pruning_roofline(device: str | Path | Device, precision: str = "int8") -> dict[str, float]:
+    """The roofline of `device` as plain numbers, for latency-aware pruning (`PruneConfig(target="latency")`):
+    effective ops/s and bytes/s (peaks times the profile's efficiency factors), per-layer overhead, element size."""
+    if isinstance(device, (str, Path)):
+        from edgeres.deploy.devices import load_device
+
+        device = load_device(device)
+    r = device_roofline(device, [precision])
+    e = r.efficiency[precision]
+    return {"ops_per_s": r.peaks_tops[precision] * 1e12 * e.compute, "bytes_per_s": r.bandwidth_gbps * 1e9 * e.memory,
+            "overhead_s": e.overhead_us * 1e-6, "element_bytes": {"int8": 1, "fp16": 2}.get(precision, 4)}

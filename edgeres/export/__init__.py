@@ -27,6 +27,8 @@ from edgeres.errors import UserInputError
 from edgeres import runtime
 from edgeres.evaluate.predict import evaluate_runner
 from edgeres.export.onnx.convert import export_module
+from edgeres.export.onnx.quantize import METHODS as INT8_METHODS
+from edgeres.export.openvino.quantize import PRESETS as INT8_PRESETS
 from edgeres.models.base import evaluating, named_outputs
 from edgeres.runtime.base import run_any_batch
 from edgeres.runtime.embedded import OUTPUT_NAME
@@ -59,6 +61,12 @@ class ExportConfig:
     max_det: int = 100                  # detections kept per image
     nms_iou: float = 0.6                # boxes of a class overlapping more than this are suppressed
     nms_conf: float = 0.25              # boxes scoring below this are dropped
+    # INT8 choices an optimizer can search over. int8_preset is NNCF's: "performance" quantizes activations
+    # symmetrically, "mixed" asymmetrically (weights symmetric in both); None keeps each backend's default
+    # (OpenVINO: performance; ONNX Runtime: mixed). The TensorRT QDQ file is symmetric whatever is asked.
+    int8_preset: str | None = None
+    int8_per_channel: bool = True       # ONNX Runtime weight scales; NNCF always scales conv weights per channel
+    int8_method: str = "minmax"         # ONNX Runtime calibration; NNCF picks its own range estimators
 
     def __post_init__(self) -> None:
         for field, values, allowed in (("formats", self.formats, FORMATS), ("precisions", self.precisions, PRECISIONS)):
@@ -77,12 +85,25 @@ class ExportConfig:
         for field, value in (("nms_iou", self.nms_iou), ("nms_conf", self.nms_conf)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise UserInputError(f"{field} must be a number from 0 to 1, got {value!r}")
+        self._check_int8_options()
         # torch exports opsets 9 to 23 for these models; INT8 QDQ with per-channel scales needs 13 or later.
         qdq = "int8" in self.precisions and {"onnx", "tensorrt"} & set(self.formats)
         lowest, highest = (13 if qdq else 9), 23
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not lowest <= self.opset <= highest:
             raise UserInputError(f"opset must be an integer from {lowest} to {highest}"
                                  f"{' for int8 ONNX' if qdq else ''}, got {self.opset!r}")
+
+    def _check_int8_options(self) -> None:
+        if self.int8_preset is not None and self.int8_preset not in INT8_PRESETS:
+            raise UserInputError(f"int8_preset must be one of {list(INT8_PRESETS)} (NNCF's presets: symmetric or "
+                                 f"asymmetric activations) or none for the backend's default, "
+                                 f"got {self.int8_preset!r}")
+        if not isinstance(self.int8_per_channel, bool):
+            raise UserInputError(f"int8_per_channel must be true (a scale per output channel) or false "
+                                 f"(one scale per weight tensor), got {self.int8_per_channel!r}")
+        if not isinstance(self.int8_method, str) or self.int8_method not in INT8_METHODS:
+            raise UserInputError(f"int8_method must be one of {list(INT8_METHODS)} (ONNX Runtime's calibration "
+                                 f"methods), got {self.int8_method!r}")
 
     @property
     def nms_settings(self) -> dict[str, Any] | None:
@@ -252,7 +273,10 @@ def _onnx(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]]:
         shutil.copyfile(source, dst)
         return [dst], {"opset": ctx.config.opset, "dynamic_batch": ctx.config.dynamic_batch,
                        "output_names": ctx.output_names, "nms": ctx.config.nms_settings}
-    record = quantize_onnx(source, dst, ctx.calib, keep_attention_float=ctx.config.keep_attention_float)
+    config = ctx.config
+    symmetric = None if config.int8_preset is None else config.int8_preset == "performance"
+    record = quantize_onnx(source, dst, ctx.calib, method=config.int8_method, per_channel=config.int8_per_channel,
+                           symmetric_activations=symmetric, keep_attention_float=config.keep_attention_float)
     return [dst], {"quantization": record}
 
 
@@ -269,12 +293,20 @@ def _openvino(ctx: _Context, precision: str) -> tuple[list[Path], dict[str, Any]
     float_xml = ctx.staging / "float.tmp.xml"
     export_openvino(ctx.model, ctx.meta, float_xml, precision="fp32", dynamic_batch=ctx.config.dynamic_batch,
                     source_sha256=ctx.source_sha256, nms=nms)
+    # NNCF calibrates on at most subset_size samples: all that calib_size took from the training split.
+    options: dict[str, Any] = {"ignored_attention": ctx.config.keep_attention_float,
+                               "subset_size": ctx.config.calib_size}
+    if ctx.config.int8_preset is not None:
+        options["preset"] = ctx.config.int8_preset
     if ctx.config.max_drop is not None:
         record = quantize_openvino_with_accuracy_control(
-            float_xml, ctx.calib, ctx.val_pairs, xml, max_drop=ctx.config.max_drop / 100,
-            ignored_attention=ctx.config.keep_attention_float)
+            float_xml, ctx.calib, ctx.val_pairs, xml, max_drop=ctx.config.max_drop / 100, **options)
     else:
-        record = quantize_openvino(float_xml, ctx.calib, xml, ignored_attention=ctx.config.keep_attention_float)
+        record = quantize_openvino(float_xml, ctx.calib, xml, **options)
+    record["not_applied"] = {
+        "int8_per_channel": "NNCF quantizes convolution and matmul weights per output channel on CPU",
+        "int8_method": "ONNX Runtime's calibration; NNCF takes min/max of weights and the mean of per-sample "
+                       "min/max of activations"}
     return [xml, xml.with_suffix(".bin")], {"quantization": record}
 
 

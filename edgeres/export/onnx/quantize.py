@@ -1,7 +1,8 @@
 """Static INT8 post-training quantization of an edgeres ONNX export into QDQ form (ONNX Runtime tooling).
 
 Two modes:
-  "cpu"       int8 activations with a zero point, symmetric per-channel int8 weights; runs in ONNX Runtime.
+  "cpu"       int8 activations with a zero point (or symmetric, on request), symmetric int8 weights per channel
+              (or per tensor, on request); runs in ONNX Runtime.
   "tensorrt"  what TensorRT's explicit quantization accepts: signed int8 activations and weights, symmetric
               (every zero point 0), per-channel weight scales, float bias, Q/DQ only around ops TensorRT
               fuses with them. The file is still a plain ONNX model, so ONNX Runtime can check it here.
@@ -47,6 +48,7 @@ def quantize_onnx(
     mode: str = "cpu",
     method: str = "minmax",
     per_channel: bool = True,
+    symmetric_activations: bool | None = None,
     keep_attention_float: bool = True,
     keep_float: Sequence[str] | None = None,
     nodes_to_exclude: Sequence[str] = (),
@@ -54,6 +56,8 @@ def quantize_onnx(
 ) -> dict[str, Any]:
     """Quantize an fp32 edgeres ONNX file to static INT8 QDQ, calibrated on float32 NCHW batches.
 
+    symmetric_activations: activation zero points all 0 (NNCF's "performance" preset) or fitted to each range
+      ("mixed"); None: the mode's own (cpu: fitted; tensorrt: 0). The tensorrt mode is symmetric whatever is asked.
     keep_attention_float: keep the gates and energy terms `find_attention_nodes` finds in float.
     keep_float: module-name prefixes kept in float with everything downstream of them (a detector's output
       convs and box decode); None: the prefixes the export recorded (the model's `keep_float`).
@@ -69,6 +73,10 @@ def quantize_onnx(
     source = onnx.load(str(onnx_fp32))
     batches = _calibration_batches(calibration, input_shape(source))
     tensorrt = mode == "tensorrt"
+    if symmetric_activations is not None and not isinstance(symmetric_activations, bool):
+        raise UserInputError(f"symmetric_activations must be true, false or None, got {symmetric_activations!r}")
+    # TensorRT's explicit quantization takes only zero points of 0, so its mode cannot be asymmetric.
+    symmetric = tensorrt or bool(symmetric_activations)
     props = {p.key: p.value for p in source.metadata_props}
     scopes = list(graph_fields(props, onnx_fp32)["keep_float"] if keep_float is None else keep_float)
     with tempfile.TemporaryDirectory(prefix="edgeres-quant-") as tmp:
@@ -76,7 +84,8 @@ def quantize_onnx(
         proto = onnx.load(str(prepared))
         kept = _float_nodes(proto, keep_attention_float, [*nodes_to_exclude, *find_scope_nodes(proto, scopes)],
                             op_types_to_exclude)
-        _quantize_static(prepared, Path(tmp) / "quantized.onnx", batches, kept, tensorrt, method, per_channel)
+        _quantize_static(prepared, Path(tmp) / "quantized.onnx", batches, kept, tensorrt, symmetric, method,
+                         per_channel)
         result = onnx.load(str(Path(tmp) / "quantized.onnx"))
     record = {
         "mode": mode,
@@ -84,7 +93,9 @@ def quantize_onnx(
         "calibration_samples": int(sum(len(b) for b in batches)),
         "calibration_batches": len(batches),
         "per_channel": per_channel,
-        "symmetric": {"activations": tensorrt, "weights": True},
+        # In NNCF's words: weights are symmetric either way, so the activations decide the preset.
+        "preset": "performance" if symmetric else "mixed",
+        "symmetric": {"activations": symmetric, "weights": True},
         "activation_type": "int8",
         "weight_type": "int8",
         "quantize_bias": not tensorrt,
@@ -107,10 +118,10 @@ def quantize_onnx(
 
 
 def _quantize_static(src: Path, dst: Path, batches: list[np.ndarray], kept: list[str], tensorrt: bool,
-                     method: str, per_channel: bool) -> None:
+                     symmetric: bool, method: str, per_channel: bool) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    extra: dict[str, Any] = {"ActivationSymmetric": tensorrt, "WeightSymmetric": True}
+    extra: dict[str, Any] = {"ActivationSymmetric": symmetric, "WeightSymmetric": True}
     if tensorrt:
         # TensorRT takes bias in float and fuses it itself; an int32 DequantizeLinear bias fails to parse.
         extra["QuantizeBias"] = False

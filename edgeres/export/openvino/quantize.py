@@ -333,6 +333,9 @@ def _record(xml: Path, out_xml: Path, quantized: Any, preset: str, samples: int,
     return {
         "format": "openvino", "precision": "int8", "path": str(out_xml), "bin_path": str(out_xml.with_suffix(".bin")),
         "source_ir": str(xml), "preset": preset, "calibration_samples": samples,
+        # What NNCF's presets mean on its CPU target; the weights are scaled per output channel in both.
+        "symmetric": {"activations": preset == "performance", "weights": True}, "per_channel": True,
+        "method": "minmax weights, mean_minmax activations",
         "attention_sites": len(attention), "ignored_attention": ignored,
         "keep_float": [p for site in kept for p in site["scopes"]],
         "kept_in_float": sorted({n for site in kept for n in site["ignore"]}),

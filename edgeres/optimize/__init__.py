@@ -1,0 +1,1 @@
+"""`edgeres optimize`: a measured search for the fastest artifact within an accuracy budget."""
