@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from edgeres.artifacts import read_json, write_text
-from edgeres.optimize.space import BACKENDS, pareto
+from edgeres.optimize.space import BACKENDS, Structure, pareto
 
 
 def write_outputs(s: Any, result: dict[str, Any]) -> None:
@@ -61,12 +61,17 @@ def report_markdown(result: dict[str, Any]) -> str:
     for r in result["trained"]:
         lines.append(f"| {r['rung']} | {r['label']} | {_pct(r['val'])} | {_delta(r['val'], base)} | "
                      f"{r['latency_ms']:.3f} | {r['macs_fraction']:.3f} | {r['params']:,} |")
-    lines += ["", "## Probe: pruned structures timed on the runtime (INT8, untrained weights)", "",
-              "| kept MACs asked | channel multiple | MACs kept | p50 ms | speed-up vs dense INT8 |", "|---|---|---|---|---|"]
-    for r in result.get("all_probes") or result["probe"]:
-        st = r["structure"]
-        lines.append(f"| {st['macs']:g} | {st['round_to']} | {r['macs_fraction']:.3f} | {r['latency_ms']:.3f} | "
-                     f"{1 / r['ratio_to_dense']:.2f}x |")
+    runs = {"probe": "every fraction and channel multiple, uniform allocation",
+            "allocation": "each fraction's fastest uniform structure beside the latency-aware one"}
+    for run, what in runs.items():
+        rows = [r for r in result.get("all_probes") or result["probe"] if r.get("timed", "probe") == run]
+        if not rows:
+            continue
+        lines += ["", f"## Probe ({what}): INT8, untrained weights, timed in one run with the dense file", "",
+                  "| structure | MACs kept | p50 ms | speed-up vs dense INT8 (paired) |", "|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {Structure(**r['structure']).label()} | {r['macs_fraction']:.3f} | "
+                         f"{r['latency_ms']:.3f} | {1 / r['ratio_to_dense']:.2f}x |")
     if result["gates"]:
         lines += ["", "## Gate on the test split (`edgeres check` statistics)", "",
                   "| candidate | test | change (95% CI) | passed |", "|---|---|---|---|"]

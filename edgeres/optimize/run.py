@@ -131,20 +131,22 @@ def _probe(s: Search) -> list[dict[str, Any]]:
         raise UserInputError(f"no kept-MACs fraction in {list(c.macs)} can be reached with channel multiples "
                              f"{list(c.round_to)}: raise --macs or lower --round-to")
     times = _timed(s, "timing-probe", [r["file"] for r in records])
+    records = [dict(r) for r in records]
     for r in records:
-        r.update(times[r["file"]])
+        r.update(times[r["file"]], timed="probe")
     s.all_probes = records
     best = _fastest_rounding(records)
     if "latency" in c.allocations:
         extra = [_probe_one(s, Structure(b["structure"]["macs"], b["structure"]["round_to"], "latency",
                                          round(b["roofline_fraction"], 3))) for b in best]
         extra = [e for e in extra if e["file"]]
-        both = [*best, *extra]
-        times = _timed(s, "timing-allocation", [r["file"] for r in both])  # the two allocations side by side
+        # The two allocations side by side in a second run; the first run's figures stay as they were.
+        both = [dict(r) for r in [*best, *extra]]
+        times = _timed(s, "timing-allocation", [r["file"] for r in both])
         for r in both:
-            r.update(times[r["file"]])
+            r.update(times[r["file"]], timed="allocation")
         best = both
-        s.all_probes = [*records, *extra]
+        s.all_probes = [*records, *both]
     if c.target_ms is not None:
         uniform = [r for r in best if r["structure"]["allocation"] == "uniform"]
         fraction = macs_for_latency([(r["macs_fraction"], r["latency_ms"]) for r in uniform], c.target_ms)

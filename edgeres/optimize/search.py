@@ -93,7 +93,8 @@ class _State:
         self.path = out / STATE_FILE
         # The budget may change between runs (a resumed search given more time); nothing else may.
         kept = {k: v for k, v in dataclasses.asdict(config).items() if k != "budget_minutes"}
-        settings = {"config": kept, "baseline": str(baseline), "baseline_sha256": checkpoint_sha256(baseline)}
+        settings = {"config": kept, "baseline": str(Path(baseline).resolve()),
+                    "baseline_sha256": checkpoint_sha256(baseline)}
         if self.path.exists():
             self.data = read_json(self.path)
             old = {k: self.data.get(k) for k in settings}
