@@ -19,6 +19,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train, compress, export and measure ResNet-family models for edge devices.")
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug output, including third-party "
+                                                                      "libraries' progress (NNCF)."),
+             ) -> None:
+    setup_logging(verbose)
+
+
 def _split(text: Optional[str]) -> Optional[tuple[float, float, float]]:
     if text is None:
         return None

@@ -148,12 +148,19 @@ def quantize_openvino_with_accuracy_control(
 
 @contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
-    """NNCF logs a line for every op an ignored scope leaves in float (hundreds for a detector's decode)."""
+    """NNCF logs a line for every op an ignored scope leaves in float (hundreds for a detector's decode), and
+    draws its own progress bars ("Statistics collection", "Applying Fast Bias correction") on stdout, where
+    the CLI's tables go. Both stay out of the user's terminal unless edgeres runs with --verbose (DEBUG)."""
+    import io
+    import sys
+
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)
+    verbose = logging.getLogger("edgeres").isEnabledFor(logging.DEBUG)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
 
