@@ -13,7 +13,7 @@ from edgeres.optimize.commands import register as register_optimize_commands
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
 from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
-from edgeres.ui import console, fail, print_table, progress_bar, setup_logging
+from edgeres.ui import console, csv_values, fail, int_values, print_table, progress_bar, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, compress, export and measure ResNet-family models for edge devices.")
@@ -171,13 +171,6 @@ def predict_cmd(
                   f"{Path(out) / PREDICTIONS_FILE}")
 
 
-def _csv(text: str, option: str) -> tuple[str, ...]:
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    if not values:
-        raise UserInputError(f"{option} takes a comma-separated list, got {text!r}")
-    return values
-
-
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint directory to export."),
@@ -209,7 +202,8 @@ def export_cmd(
     from edgeres.export import ExportConfig, export_checkpoint
     from edgeres.tasks import get_task
 
-    config = ExportConfig(formats=_csv(to, "--to"), precisions=_csv(precision, "--precision"), opset=opset,
+    config = ExportConfig(formats=csv_values(to, "--to"), precisions=csv_values(precision, "--precision"),
+                          opset=opset,
                           dynamic_batch=dynamic_batch, calib_data=calib_data, calib_size=calib_size,
                           max_drop=max_drop, keep_attention_float=attention_float, nms=nms, max_det=max_det,
                           nms_iou=nms_iou, nms_conf=nms_conf, int8_preset=int8_preset,
@@ -287,13 +281,6 @@ def prune_cmd(
         console.print(summary["prune"]["note"])
 
 
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in _csv(text, option))
-    except ValueError:
-        raise UserInputError(f"{option} takes comma-separated integers, got {text!r}") from None
-
-
 @app.command("bench")
 def bench_cmd(
     artifacts: list[Path] = typer.Argument(..., help="Checkpoints and exported files to measure."),
@@ -312,7 +299,8 @@ def bench_cmd(
     """Latency (p50/p90/p99), size, peak memory and accuracy of each artifact, measured the same way."""
     from edgeres.bench.run import BenchConfig, bench_artifacts, write_results
 
-    config = BenchConfig(batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=_ints(threads, "--threads"),
+    config = BenchConfig(batch_sizes=int_values(batch_sizes, "--batch-sizes"),
+                         threads=int_values(threads, "--threads"),
                          runs=runs, warmup=warmup, budget_s=budget, min_seconds=min_seconds, precision=precision,
                          accuracy=accuracy)
     with progress_bar("benchmarking", total=None) as advance:

@@ -66,3 +66,33 @@ def fail(message: str) -> None:
     """Print an error line; the message is plain text (paths like '[x]' are never read as rich markup)."""
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- comma-separated option values
+
+def csv_values(text: str, option: str) -> tuple[str, ...]:
+    """`a, b,c` -> ("a", "b", "c"); an empty list is bad input naming `option`."""
+    from edgeres.errors import UserInputError
+
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise UserInputError(f"{option} takes a comma-separated list, got {text!r}")
+    return values
+
+
+def int_values(text: str, option: str) -> tuple[int, ...]:
+    from edgeres.errors import UserInputError
+
+    try:
+        return tuple(int(v) for v in csv_values(text, option))
+    except ValueError:
+        raise UserInputError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+def float_values(text: str, option: str) -> tuple[float, ...]:
+    from edgeres.errors import UserInputError
+
+    try:
+        return tuple(float(v) for v in csv_values(text, option))
+    except ValueError:
+        raise UserInputError(f"{option} takes comma-separated numbers, got {text!r}") from None

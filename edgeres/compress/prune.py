@@ -273,21 +273,12 @@ def _roofline_total(terms: dict[str, tuple], r: dict[str, float], removed: dict[
 
 def _latency_terms(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, tuple]:
     """name -> (out, in, kernel taps per in channel, output positions, input positions) of conv and linear layers."""
-    shapes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(
-                 n, (o[0].numel() // o.shape[1], i[0][0].numel() // i[0].shape[1])))
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    positions = _positions(model, input_shape)
     terms = {}
     for name, m in model.named_modules():
-        if name not in shapes:
+        if name not in positions:
             continue
-        pos_out, pos_in = shapes[name]
+        pos_out, pos_in = positions[name]
         if isinstance(m, nn.Conv2d):
             terms[name] = (m.out_channels, m.in_channels, m.kernel_size[0] * m.kernel_size[1] / m.groups,
                            pos_out, pos_in)
@@ -296,17 +287,27 @@ def _latency_terms(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[
     return terms
 
 
-def _width_terms(model: nn.Module, input_shape: tuple[int, int, int], target: str) -> dict[str, tuple]:
-    """name -> (out, in, cost per out-in channel pair, cost per out channel) of conv, linear and norm layers."""
-    positions: dict[str, int] = {}  # output positions per channel: a conv's MACs are out * in * k * k * these
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: positions.__setitem__(n, o[0].numel() // o.shape[1]))
+def _positions(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, tuple[int, int]]:
+    """name -> (output, input) positions per channel of every conv and linear layer, from one forward pass:
+    a conv's MACs are out * in * k * k * its output positions."""
+    shapes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(
+                 n, (o[0].numel() // o.shape[1], i[0][0].numel() // i[0].shape[1])))
              for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *input_shape))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _width_terms(model: nn.Module, input_shape: tuple[int, int, int], target: str) -> dict[str, tuple]:
+    """name -> (out, in, cost per out-in channel pair, cost per out channel) of conv, linear and norm layers."""
+    positions = {name: out for name, (out, _) in _positions(model, input_shape).items()}
     macs = target == "macs"
     terms = {}
     for name, m in model.named_modules():

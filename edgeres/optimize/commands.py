@@ -11,24 +11,6 @@ def register(app: typer.Typer) -> None:
     app.command("optimize")(optimize_cmd)
 
 
-def _floats(text: str, option: str) -> tuple[float, ...]:
-    from edgeres.errors import UserInputError
-
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserInputError(f"{option} takes comma-separated numbers, e.g. 0.4,0.25; got {text!r}") from None
-
-
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    from edgeres.errors import UserInputError
-
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserInputError(f"{option} takes comma-separated integers, e.g. 8,16; got {text!r}") from None
-
-
 def optimize_cmd(
     run: Path = typer.Argument(..., help="The trained FP32 checkpoint (an `edgeres train` run directory)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the search: candidates, report, the chosen "
@@ -58,17 +40,17 @@ def optimize_cmd(
     from edgeres.errors import UserInputError
     from edgeres.optimize.run import NotFound, OptimizeConfig, optimize
     from edgeres.optimize.space import pareto
-    from edgeres.ui import console, fail, print_table
+    from edgeres.ui import console, csv_values, fail, float_values, int_values, print_table
 
     choices = {"on": (True,), "off": (False,), "both": (True, False)}
     if distill not in choices:
         raise UserInputError(f"--distill must be on, off or both, got {distill!r}")
     config = OptimizeConfig(max_drop=max_drop, target_ms=target_ms, backend=backend, device=device,
-                            budget_minutes=budget_minutes, macs=_floats(macs, "--macs"),
-                            round_to=_ints(round_to, "--round-to"),
-                            importances=tuple(v.strip() for v in importance.split(",") if v.strip()),
+                            budget_minutes=budget_minutes, macs=float_values(macs, "--macs"),
+                            round_to=int_values(round_to, "--round-to"),
+                            importances=csv_values(importance, "--importance"),
                             distill=choices[distill],
-                            allocations=tuple(v.strip() for v in allocation.split(",") if v.strip()),
+                            allocations=csv_values(allocation, "--allocation"),
                             first_epochs=first_epochs, eta=eta, rungs=rungs,
                             finalists=finalists, threads=threads)
     try:

@@ -16,6 +16,7 @@ from edgeres.optimize.space import Candidate, Quantization, Structure, macs_for_
 log = logging.getLogger("edgeres")
 PROBE_CALIB = 32  # calibration images of a probe's INT8 file: it is timed, not judged
 GATE_TRIES = 3    # finalists gated on the test split before the search gives up
+GATE_RESERVE_S = 30.0 + 20.0 * GATE_TRIES  # one timing run and a gate per try
 
 
 class NotFound(Exception):
@@ -230,7 +231,7 @@ def _reserve(s: Search) -> float:
     """Seconds the last phases need: a few INT8 exports per finalist, one timing run, a gate per try."""
     export = s.state.get("dense")["seconds"] if s.state.get("dense") else 30.0
     variants = len(quantizations(s.config.backend, s.config.max_drop, 1))
-    return export * s.config.finalists * variants * 0.8 + 30.0 + 20.0 * GATE_TRIES + export
+    return export * s.config.finalists * variants * 0.8 + GATE_RESERVE_S + export
 
 
 def _points(delta: float) -> str:
@@ -257,7 +258,7 @@ def _quantize(s: Search, finalists: list[dict[str, Any]]) -> list[dict[str, Any]
     for f in finalists:
         for qi, q in enumerate(quantizations(c.backend, c.max_drop, train_size)):
             key = f"{f['candidate']['key']}-{q.key}"
-            if qi > 0 and s.state.get(key) is None and s.left() < _reserve_gate(s):
+            if qi > 0 and s.state.get(key) is None and s.left() < GATE_RESERVE_S:
                 s.say(f"no time left for {q.label()} on {f['label']}")
                 continue
             s.say(f"INT8 {q.label()}: {f['label']}")
@@ -283,10 +284,6 @@ def _train_size(s: Search) -> int:
     from edgeres.evaluate import load_task_data
 
     return len(load_task_data(s.meta).dataset("train"))
-
-
-def _reserve_gate(s: Search) -> float:
-    return 30.0 + 20.0 * GATE_TRIES
 
 
 # ---------------------------------------------------------------- phase 4: the gate on the test split

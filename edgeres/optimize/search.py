@@ -25,6 +25,7 @@ The search, in four phases, all inside `out/work/` and recorded step by step in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -125,8 +126,6 @@ class _State:
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj, default=str))
 
 
@@ -191,9 +190,6 @@ class Search:
         start = time.monotonic()
         record = run(target)
         return self.state.put(key, {**record, "seconds": round(time.monotonic() - start, 2)})
-
-    def seconds_of(self, kind: str) -> list[float]:
-        return [s["seconds"] for s in self.state.data["steps"].values() if s.get("kind") == kind]
 
     # ------------------------------------------------------------ building blocks
 
