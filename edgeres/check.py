@@ -105,8 +105,14 @@ def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateCon
     if config.max_latency_ms is not None:
         latency = runner_latency(cand, 1, warmup=10, runs=100, budget_s=10).summary()["p50_ms"]
     size = artifact_size(Path(candidate)) / 1e6 if config.max_size_mb is not None else None
+    drift = None
+    if config.max_explanation_drift is not None:
+        from edgeres.explain import explanation_drift
+
+        drift = explanation_drift(baseline, candidate, images=bundle, n=config.explanation_images).to_dict()
     result = check(predict(base, bundle), predict(cand, bundle), bundle.class_names, config,
-                   candidate_latency_ms=latency, candidate_size_mb=size, task=get_task(base.meta.task))
+                   candidate_latency_ms=latency, candidate_size_mb=size, task=get_task(base.meta.task),
+                   explanation_drift=drift)
     if unrelated:
         log.warning("%s (allowed by --allow-unrelated)", unrelated)
         result.warnings.append(f"{unrelated} (allowed by --allow-unrelated)")

@@ -8,8 +8,10 @@ from typing import NoReturn, Optional
 
 import typer
 
+from edgeres.compare.commands import register as register_compare_commands
 from edgeres.deploy.commands import register as register_deploy_commands
 from edgeres.optimize.commands import register as register_optimize_commands
+from edgeres.explain.commands import register as register_explain_commands
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
 from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
@@ -86,6 +88,8 @@ def train_cmd(
     freeze: Optional[str] = typer.Option(None, help="Freeze stages up to and including this one, e.g. layer3."),
     in_chans: Optional[int] = typer.Option(None, help="Input channels (default: the data's own)."),
     split: Optional[str] = typer.Option(None, help="train,val,test fractions for a folder without splits."),
+    classes: Optional[str] = typer.Option(None, help="Only these class folders (comma-separated, in this order); "
+                                                     "the others are not read."),
     augment: bool = typer.Option(True, help="Augment the training split."),
     skip_bad: bool = typer.Option(False, help="Skip unreadable images (and count them) instead of failing."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
@@ -100,7 +104,7 @@ def train_cmd(
     from edgeres.train.loop import train
 
     data_cfg = DataConfig(source=data, img_size=img_size, in_chans=in_chans, split=_split(split), seed=seed,
-                          augment=augment, skip_bad=skip_bad)
+                          augment=augment, skip_bad=skip_bad, classes=csv_values(classes, "--classes") if classes else None)
     cfg = TrainConfig(model=model, data=data_cfg, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
                       weights=str(weights) if weights else None, freeze=freeze, seed=seed, threads=threads,
@@ -109,7 +113,18 @@ def train_cmd(
     if result.metrics:
         written = sorted(p.name for p in Path(out).iterdir() if p.is_file() and not p.name.startswith("."))
         _metrics_table(f"{model} -> {out}", result.metrics, _task_of_metrics(Path(out) / "metrics.json"))
+        _print_operating_point(result.metrics)
         console.print(f"best epoch {result.best_epoch}; wrote {', '.join(written)} in {out}")
+
+
+def _print_operating_point(metrics: dict) -> None:
+    """Two classes: test sensitivity and specificity at the threshold chosen on val."""
+    point = (metrics.get("test", {}).get("binary") or {}).get("operating_point")
+    if point:
+        positive = metrics["test"]["binary"]["positive"]
+        console.print(f"threshold {point['threshold']:.3f} on P({positive}), chosen on val (Youden's J): test "
+                      f"sensitivity {point['sensitivity']:.1%}, specificity {point['specificity']:.1%}, "
+                      f"accuracy {point['accuracy']:.1%}")
 
 
 def _task_of_metrics(path: Path) -> str:
@@ -350,6 +365,10 @@ def check_cmd(
     max_class_drop: Optional[float] = typer.Option(None, help="Largest allowed per-class recall drop, in points."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Largest allowed p50 latency (batch 1), ms."),
     max_size_mb: Optional[float] = typer.Option(None, help="Largest allowed file size, MB."),
+    max_explanation_drift: Optional[float] = typer.Option(
+        None, help="Largest allowed explanation drift: 1 - the mean rank correlation of the candidate's occlusion "
+                   "maps with the baseline's on the first test images (0 = the same evidence; 0.2 is a loose limit)."),
+    explanation_images: int = typer.Option(16, help="Test images the explanation drift compares."),
     threads: Optional[int] = typer.Option(None, help="Inference threads."),
     junit: Optional[Path] = typer.Option(None, help="Write a JUnit XML report here for CI systems."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
@@ -362,7 +381,8 @@ def check_cmd(
     from edgeres.evaluate.gate import GateConfig, check_rows, write_junit
 
     config = GateConfig(max_drop=max_drop, max_class_drop=max_class_drop, max_latency_ms=max_latency_ms,
-                        max_size_mb=max_size_mb)
+                        max_size_mb=max_size_mb, max_explanation_drift=max_explanation_drift,
+                        explanation_images=explanation_images)
     result = check_artifacts(baseline, candidate, config, data=data, threads=threads,
                              allow_unrelated=allow_unrelated)
     columns, rows = check_rows(result)
@@ -411,16 +431,30 @@ def run_cmd(
     recipe: str = typer.Argument(..., help="A packaged recipe name (e.g. demo) or a recipe YAML file."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/<recipe name>)."),
     force: bool = typer.Option(False, help="Rerun every stage even if its inputs are unchanged."),
+    data: Optional[str] = typer.Option(None, help="Run the recipe on this image folder (or built-in set) instead "
+                                                  "of its own data."),
+    weights: Optional[Path] = typer.Option(None, help="Local weight file the train stage starts from (e.g. "
+                                                      "ImageNet weights; the recipe's freeze applies only then)."),
 ) -> None:
-    """Run a whole pipeline: train, prune+distill, export+quantize, bench, check, report."""
+    """Run a whole pipeline: train, prune+distill, export+quantize, bench, explain, check, report (and compare)."""
     from edgeres.artifacts import read_json
     from edgeres.pipeline import run_recipe
-    from edgeres.recipe import load_recipe
+    from edgeres.recipe import load_recipe, with_overrides
 
-    r = load_recipe(recipe)
+    r = with_overrides(load_recipe(recipe), data=data, weights=str(weights) if weights else None)
     summary = run_recipe(r, out=out, force=force,
                          on_stage=lambda stage, what: console.print(f"[bold]{stage}[/]: {what}", highlight=False))
     run = Path(summary["run"])
+    if r.train:
+        metrics = read_json(run / "train" / "metrics.json")
+        _metrics_table(f"{r.train.model}, trained", {k: metrics[k] for k in ("test", "val") if k in metrics},
+                       metrics.get("task") or DEFAULT_TASK)
+        _print_operating_point(metrics)
+    if r.compare:
+        from edgeres.compare.output import table_rows
+
+        document = read_json(run / "compare" / "compare.json")
+        print_table(f"comparison (test split, {document['data']['test_images']} images)", *table_rows(document))
     if r.bench:
         _print_summary({**read_json(run / "bench" / "results.json"), "gate": summary["gate"]})
     if summary["gate"] is not None:
@@ -437,8 +471,10 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+register_compare_commands(app)
 register_deploy_commands(app)
 register_optimize_commands(app)
+register_explain_commands(app)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ MAX_NUM_CLASSES = 100_000  # ImageNet-21k has 21,841; more is a typo that would 
 IN_CHANS = (1, 3)  # grey or RGB: what the data loaders produce
 # What a model's outputs mean; each has a module in edgeres.tasks. A model.json written before tasks
 # existed holds a classifier: that is the default.
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "image2image")
 DEFAULT_TASK = "classification"
 # Defaults: ImageNet statistics, and their average for one grey channel (as timm does).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

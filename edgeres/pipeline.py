@@ -16,7 +16,12 @@ from edgeres.recipe import Recipe
 
 log = logging.getLogger("edgeres")
 
-STAGES = ("train", "prune", "export", "bench", "check", "report")
+STAGES = ("train", "prune", "export", "bench", "explain", "check", "report", "compare")
+# Stages that read the data but feed no later stage: their key follows the data alone, so changing them
+# invalidates nothing else and changing train does not retrain their variants.
+_SIDE_STAGES = {"compare"}
+# Stages that continue, rather than redo, what an interrupted run of the same key left behind.
+_RESUMABLE: dict[str, Callable[[Path], bool]] = {"train": lambda d: (d / "last").is_dir(), "compare": Path.is_dir}
 MANIFEST = "manifest.json"
 _NOT_HASHED = {"last"}  # training's resume state: intermediate, large, rewritten every epoch
 
@@ -115,9 +120,15 @@ def _stage_train(run: _Run, resume: bool) -> None:
     from edgeres.train.loop import train
 
     t = run.recipe.train
+    freeze = t.freeze
+    if freeze and not t.weights:
+        # Freezing keeps what a weight file taught; with no file the frozen layers would stay random.
+        log.warning("train: no weights given (--weights FILE), so freeze: %s is not applied; every layer trains",
+                    freeze)
+        freeze = None
     train(TrainConfig(model=t.model, data=run.data_config(), out=str(run.dirs["train"]), epochs=t.epochs,
                       batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, scheduler=t.scheduler,
-                      patience=t.patience, balance=t.balance, weights=t.weights, freeze=t.freeze,
+                      patience=t.patience, balance=t.balance, weights=t.weights, freeze=freeze,
                       seed=run.recipe.seed, resume=resume, device=t.device, amp=t.amp))
 
 
@@ -126,9 +137,16 @@ def _stage_prune(run: _Run, resume: bool) -> None:
     from edgeres.compress.prune import PruneConfig
 
     p = run.recipe.prune
-    given = {k: v for k, v in (("macs", p.macs), ("params", p.params), ("latency", p.latency)) if v is not None}
+    given = {k: v for k, v in (("macs", p.macs), ("params", p.params), ("latency", p.latency),
+                               ("sparsity", p.sparsity)) if v is not None}
     if len(given) != 1:
-        raise UserInputError(f"prune: give exactly one of macs, params or latency, got {sorted(given) or 'none'}")
+        raise UserInputError(f"prune: give exactly one of macs, params, latency or sparsity, got "
+                             f"{sorted(given) or 'none'}")
+    ft = FinetuneConfig(epochs=p.finetune_epochs, lr=p.lr, teacher=str(run.dirs["train"]) if p.distill else None,
+                        temperature=p.temperature, alpha=p.alpha, seed=run.recipe.seed, device=p.device, amp=p.amp)
+    if p.sparsity is not None:
+        compress_checkpoint(run.dirs["train"], run.dirs["prune"], None, ft, sparsity=p.sparsity)
+        return
     (target, amount), = given.items()
     roofline = None
     if target == "latency":
@@ -137,8 +155,6 @@ def _stage_prune(run: _Run, resume: bool) -> None:
         roofline = dict(p.roofline) if p.roofline else pruning_roofline(p.latency_device)
     config = PruneConfig(target=target, amount=amount, importance=p.importance, global_pruning=p.global_pruning,
                          round_to=p.round_to, steps=p.steps, roofline=roofline)
-    ft = FinetuneConfig(epochs=p.finetune_epochs, lr=p.lr, teacher=str(run.dirs["train"]) if p.distill else None,
-                        temperature=p.temperature, alpha=p.alpha, seed=run.recipe.seed, device=p.device, amp=p.amp)
     compress_checkpoint(run.dirs["train"], run.dirs["prune"], config, ft)
 
 
@@ -197,7 +213,8 @@ def _stage_check(run: _Run, resume: bool) -> None:
         raise UserInputError("the check stage needs a bench stage to pick its candidate from")
     cand = pick_candidate(results, c.candidate)
     config = GateConfig(max_drop=c.max_drop, max_class_drop=c.max_class_drop, max_latency_ms=c.max_latency_ms,
-                        max_size_mb=c.max_size_mb)
+                        max_size_mb=c.max_size_mb, max_explanation_drift=c.max_explanation_drift,
+                        explanation_images=c.explanation_images)
     result = check_artifacts(run.dirs["train"], cand["path"], config)
     out = run.dirs["check"]
     out.mkdir(parents=True, exist_ok=True)
@@ -206,18 +223,69 @@ def _stage_check(run: _Run, resume: bool) -> None:
                                    "candidate_name": cand["name"], **result.to_dict()})
 
 
+def _stage_compare(run: _Run, resume: bool) -> None:
+    from edgeres.compare import CompareConfig, LatencyConfig, compare_models
+    from edgeres.data import DataConfig
+
+    c = run.recipe.compare
+    data = c.data or run.recipe.data
+    compare_models(CompareConfig(models=tuple(c.models), data=DataConfig(**data.model_dump()),
+                                 out=str(run.dirs["compare"]), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                                 optimizer=c.optimizer, scheduler=c.scheduler, patience=c.patience,
+                                 balance=c.balance, weights=c.weights, freeze=c.freeze, seed=run.recipe.seed,
+                                 device=c.device, amp=c.amp, threads=c.threads,
+                                 latency=LatencyConfig(rounds=c.rounds, runs=c.runs)))
+
+
+def _stage_explain(run: _Run, resume: bool) -> None:
+    from edgeres.checkpoint import load_meta
+    from edgeres.evaluate import load_task_data
+    from edgeres.explain import explanation_drift, gradcam_panel
+
+    e, baseline, out = run.recipe.explain, run.dirs["train"], run.dirs["explain"]
+    out.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"baseline": baseline.name, "panel": None, "drift": []}
+    if e.panel_images:
+        doc["panel"] = gradcam_panel(baseline, out / "gradcam_panel.png", n=e.panel_images)
+    if e.drift_images:
+        names = _artifact_names(run)
+        bundle = load_task_data(load_meta(baseline))
+        for path in _bench_paths(run)[1:]:  # every artifact made from the trained model
+            drift = explanation_drift(baseline, path, images=bundle, n=e.drift_images, window=e.window,
+                                      stride=e.stride)
+            doc["drift"].append({"name": names.get(str(path), path.name), **drift.to_dict()})
+    write_json(out / "explanations.json", doc)
+
+
+def _artifact_names(run: _Run) -> dict[str, str]:
+    """{path: the name bench gave it}, so the report's tables name an artifact alike."""
+    if not run.recipe.bench:
+        return {}
+    return {a["path"]: a["name"] for a in read_json(run.dirs["bench"] / "results.json")["artifacts"]}
+
+
 def _stage_report(run: _Run, resume: bool) -> None:
     from edgeres.report.render import render_report
 
     results = read_json(run.dirs["bench"] / "results.json")
     if run.recipe.check:
         results["gate"] = read_json(run.dirs["check"] / "gate.json")
+    train = run.dirs["train"]
+    metrics = read_json(train / "metrics.json")
+    results["evaluation"] = {"name": f"{run.recipe.train.model} (trained)", "task": metrics.get("task"),
+                             "metrics": metrics["test"],
+                             "plots": [str(train / f) for f in ("confusion_test.png", "roc_pr_test.png")]}
+    if run.recipe.explain:
+        explanations = read_json(run.dirs["explain"] / "explanations.json")
+        if explanations.get("panel"):
+            explanations["panel"] = str(run.dirs["explain"] / "gradcam_panel.png")
+        results["explanations"] = explanations
     render_report(results, run.dirs["report"])
 
 
 _RUNNERS: dict[str, Callable[[_Run, bool], None]] = {
     "train": _stage_train, "prune": _stage_prune, "export": _stage_export, "bench": _stage_bench,
-    "check": _stage_check, "report": _stage_report,
+    "explain": _stage_explain, "check": _stage_check, "report": _stage_report, "compare": _stage_compare,
 }
 
 
@@ -230,21 +298,25 @@ def run_recipe(recipe: Recipe, out: str | Path | None = None, force: bool = Fals
     manifest = _claim(root)
     write_json(root / "recipe.json", recipe.model_dump())
     run = _Run(recipe, root)
-    upstream = _digest({"data": recipe.data.model_dump(), "seed": recipe.seed, "edgeres": __version__})
+    upstream = _digest({"data": recipe.data.model_dump() if recipe.data else None, "seed": recipe.seed,
+                        "edgeres": __version__})
+    data_key = upstream
     done: dict[str, str] = {}
     for stage in STAGES:
         cfg = getattr(recipe, stage)
         if cfg is None:
             continue
-        key = _digest({"stage": stage, "config": cfg.model_dump(), "upstream": upstream})
-        upstream = key
+        key = _digest({"stage": stage, "config": cfg.model_dump(),
+                       "upstream": data_key if stage in _SIDE_STAGES else upstream})
+        if stage not in _SIDE_STAGES:
+            upstream = key
         directory = run.dirs[stage]
         if not force and manifest.is_current(stage, key, directory):
             done[stage] = "skipped"
             if on_stage:
                 on_stage(stage, "unchanged, skipped")
             continue
-        resume = stage == "train" and manifest.was_started(stage, key) and (directory / "last").is_dir()
+        resume = stage in _RESUMABLE and manifest.was_started(stage, key) and _RESUMABLE[stage](directory)
         if directory.exists() and not resume:
             _clear_stage(manifest, stage, directory)
         if on_stage:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeres.artifacts import read_user_document
 from edgeres.errors import UserInputError
@@ -30,6 +30,8 @@ class DataStage(_Strict):
     augment: bool = True
     skip_bad: bool = False
     detect_images: int = Field(600, ge=3)  # shapes-det: how many scenes it draws
+    shapes_per_class: int = Field(120, ge=3)  # shapes: how many images of each kind it draws
+    classes: Optional[list[str]] = None    # only these of the data's classes (at least two), in this order
 
 
 _DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # as edgeres.train.device checks it, without importing torch here
@@ -57,6 +59,7 @@ class PruneStage(_Strict):
     latency_device: str = "host"    # the device profile whose roofline costs the layers (target latency)
     # ... or its numbers as `edgeres optimize` used them: ops_per_s, bytes_per_s, overhead_s, element_bytes
     roofline: Optional[dict[str, float]] = None
+    sparsity: Optional[float] = Field(None, gt=0, lt=1)  # unstructured: this fraction of weights zeroed instead
     importance: Literal["l1", "l2", "bn", "taylor"] = "l2"
     global_pruning: bool = False
     round_to: int = Field(8, ge=1)
@@ -100,23 +103,66 @@ class CheckStage(_Strict):
     max_class_drop: Optional[float] = Field(None, ge=0)
     max_latency_ms: Optional[float] = Field(None, ge=0)
     max_size_mb: Optional[float] = Field(None, ge=0)
+    max_explanation_drift: Optional[float] = Field(None, ge=0, le=2)  # 1 - mean rank correlation of occlusion maps
+    explanation_images: int = Field(16, ge=1)
+
+
+class ExplainStage(_Strict):
+    """Where the trained model looks (a Grad-CAM panel on test images) and how far each compressed or exported
+    artifact's occlusion maps drift from its own; the report shows both."""
+
+    panel_images: int = Field(8, ge=0)    # 0: no panel
+    drift_images: int = Field(16, ge=0)   # 0: no drift
+    window: Optional[int] = Field(None, ge=1)  # occlusion patch, input pixels (default: 1/8 of the side)
+    stride: Optional[int] = Field(None, ge=1)
 
 
 class ReportStage(_Strict):
     pass
 
 
+class CompareStage(_Strict):
+    """Variants trained alike and measured alike (`edgeres compare`); `data:` defaults to the recipe's."""
+
+    models: list[str] = Field(min_length=1)
+    data: Optional[DataStage] = None
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    patience: int = Field(0, ge=0)
+    balance: Literal["none", "loss", "sampler"] = "none"
+    weights: dict[str, str] = {}    # variant name -> local weight file
+    transfer: list[str] = []        # variants that start from `edgeres run --weights FILE` when it is given
+    freeze: Optional[str] = None
+    device: str = Field("auto", pattern=_DEVICE)
+    amp: Union[Literal["auto"], bool] = False
+    threads: Optional[int] = Field(None, ge=1)  # torch's CPU threads, training and timing (default: torch's)
+    rounds: int = Field(5, ge=1)
+    runs: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _transfer_names_compared_models(self) -> "CompareStage":
+        strays = sorted(set(self.transfer) - set(self.models))
+        if strays:
+            raise ValueError(f"transfer names {strays}, which are not among models")
+        return self
+
+
 class Recipe(_Strict):
     name: str                         # a plain name, never a path: the default run directory is runs/<name>
     out: Optional[str] = None         # default runs/<name>; any path (the run deletes only what it wrote)
     seed: int = 0
-    data: DataStage
-    train: TrainStage
+    data: Optional[DataStage] = None  # required by train; compare may name its own
+    train: Optional[TrainStage] = None
     prune: Optional[PruneStage] = None
     export: Optional[ExportStage] = None
     bench: Optional[BenchStage] = None
+    explain: Optional[ExplainStage] = None
     check: Optional[CheckStage] = None
     report: Optional[ReportStage] = None
+    compare: Optional[CompareStage] = None
 
     @field_validator("name")
     @classmethod
@@ -126,6 +172,45 @@ class Recipe(_Strict):
             raise ValueError("must be a plain name (letters, digits, '.', '_', '-'; not '.' or '..'), not a path; "
                              "to put the run elsewhere, set out: or pass --out")
         return name
+
+    @model_validator(mode="after")
+    def _stages_have_their_inputs(self) -> "Recipe":
+        if self.train is None and self.compare is None:
+            raise ValueError("a recipe needs a train stage, a compare stage, or both")
+        later = [s for s in ("prune", "export", "bench", "explain", "check", "report") if getattr(self, s) is not None]
+        if self.train is None and later:
+            raise ValueError(f"{', '.join(later)} work on the trained model: add a train stage")
+        if self.data is None and (self.train is not None or self.compare.data is None):
+            raise ValueError("data is missing: train and compare read the recipe's data stage "
+                             "(compare may name its own data: instead)")
+        return self
+
+
+def with_overrides(recipe: Recipe, data: str | None = None, weights: str | None = None) -> Recipe:
+    """`recipe` run on another data source (`edgeres run NAME --data FOLDER`: every data stage reads it, and a
+    packaged recipe's class selection, made for its built-in data, is dropped) or from a weight file
+    (`--weights FILE`: the train stage starts from it)."""
+    update: dict[str, Any] = {}
+    if data is not None:
+        def moved(stage: DataStage) -> DataStage:
+            return stage.model_copy(update={"source": data, "classes": None})
+
+        if recipe.data is not None:
+            update["data"] = moved(recipe.data)
+        if recipe.compare is not None and recipe.compare.data is not None:
+            update["compare"] = recipe.compare.model_copy(update={"data": moved(recipe.compare.data)})
+    if weights is not None:
+        transfer = recipe.compare.transfer if recipe.compare is not None else []
+        if recipe.train is None and not transfer:
+            raise UserInputError(f"--weights starts a train stage or a compare stage's transfer variants from a "
+                                 f"file, and recipe {recipe.name} has neither")
+        if recipe.train is not None:
+            update["train"] = recipe.train.model_copy(update={"weights": weights})
+        if transfer:
+            compare = update.get("compare", recipe.compare)
+            update["compare"] = compare.model_copy(
+                update={"weights": {**compare.weights, **{name: weights for name in transfer}}})
+    return recipe.model_copy(update=update)
 
 
 def list_recipes() -> list[str]:

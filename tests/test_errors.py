@@ -146,6 +146,13 @@ def test_model_meta_imports_no_torch():
     assert res.returncode == 0, res.stderr
 
 
+def test_the_cli_loads_without_torch():
+    """`edgeres --help` and a mistyped option answer at once: no command module imports torch when registered."""
+    code = "import sys, edgeres.cli; assert 'torch' not in sys.modules, 'loading the CLI imported torch'"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
 def test_model_meta_defaults_fit_one_channel():
     meta = ModelMeta(arch="test_resnet", num_classes=3, in_chans=1)
     assert len(meta.mean) == len(meta.std) == 1

@@ -22,21 +22,33 @@ CASES: dict[str, int | None] = {
     "resnet50v2": 25_568_360,  # Keras ResNet50V2
     # resnet50v2 plus se_resnet50's SE modules (same block widths): 25,568,360 + 2,530,992.
     "se_resnet50v2": 28_099_352,
+    # se_resnet50v2 - its fc (2,049,000) + the MRI study's head: a 3x3 conv 2048 -> 512 (9,437,184), its BN (1,024)
+    # and a 512-wide fc (513,000).
+    "se_resnet50v2_convhead": 36_001_560,
     # resnet50 - its 2048-wide fc (2,049,000) + ASFF of layer3/4 to 512 channels (1,591,426) + a 512-wide fc
     # (513,000). ASFF: 1x1 projections 1024*512 + 2048*512 with BN (2*2*512), 512->16 weight convs with BN
     # (2*(8,192 + 32)), level logits 32*2 + 2.
     "asff_resnet50": 25_612_458,
     "test_resnet": None, "test_resnet_bottleneck": None, "test_se_resnet": None, "test_simam_resnet": None,
-    "test_resnet_v2": None, "test_se_resnet_v2": None, "test_asff_resnet": None,
+    "test_resnet_v2": None, "test_se_resnet_v2": None, "test_se_resnet_v2_convhead": None, "test_asff_resnet": None,
     # Detectors (tests/test_yolo.py checks them): resnet18 without its fc (11,176,512) + the YOLOv3 neck
     # (3,507,840) + three 1x1 heads for 3 anchors * (5 + 1000) outputs from 128/256/512 channels (2,710,485).
     "yolo_resnet18": 17_394_837, "yolo_simam_resnet18": 17_394_837,
     "yolo_se_resnet18": 17_484_949,  # + se_resnet18's SE modules (90,112)
     "test_yolo": None,
+    # U-Nets (tests/test_image2image.py checks them; 3 channels in and out whatever the class count): resnet18
+    # without its fc (11,176,512) + five decoder blocks of two 3x3 conv-BN from 512+256/256+128/128+64/64+64/32+3
+    # inputs to 256/128/64/32/16 (3,151,984) + a 3x3 head to 3 channels (435).
+    "unet_resnet18": 14_328_931, "unet_se_resnet18": 14_419_043,  # + se_resnet18's SE modules (90,112)
+    # resnet50 without its fc (23,508,032) + the decoder from 2048+1024/256+512/128+256/64+64/32+3 (9,013,360)
+    # + the head (435); se: + se_resnet50's SE modules (2,530,992).
+    "unet_resnet50": 32_521_827, "unet_se_resnet50": 35_052_819,
+    "test_unet": None,
 }
 TINY = [n for n in CASES if n.startswith("test_")]
 DETECTORS = {"yolo_resnet18", "yolo_se_resnet18", "yolo_simam_resnet18", "test_yolo"}
-CLASSIFIERS = sorted(set(CASES) - DETECTORS)
+UNETS = {"unet_resnet18", "unet_se_resnet18", "unet_resnet50", "unet_se_resnet50", "test_unet"}
+CLASSIFIERS = sorted(set(CASES) - DETECTORS - UNETS)
 
 
 def n_params(m: nn.Module) -> int:

@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 
 from edgeres.data.builtin import BUILTIN_SOURCES
 from edgeres.data.folder import FolderSource
+from edgeres.data.pairs.degrade import PAIR_KINDS
 from edgeres.data.split import SplitBundle, check_fractions, class_weights, make_sampler, stratified_split
+from edgeres.data.subset import ClassSubset
 from edgeres.data.transforms import NORMALIZE_MODES, SplitDataset, resolve_stats, train_augment
 from edgeres.errors import UserInputError
 
@@ -34,6 +36,10 @@ class DataConfig:
     skip_bad: bool = False
     shapes_per_class: int = 120
     detect_images: int = 600                        # shapes-det: images generated
+    pairs: str | None = None                        # image2image: denoise | inpaint | sr2 | sr4; None: paired
+                                                    # input/ and target/ folders if the source has them, else denoise
+    sigma: float = 0.1                              # image2image denoise: the noise's std in image range [0, 1]
+    classes: tuple[str, ...] | None = None          # only these of the source's classes, in this order
 
     def __post_init__(self) -> None:
         source = os.fspath(self.source) if isinstance(self.source, os.PathLike) else self.source
@@ -54,11 +60,20 @@ class DataConfig:
             raise UserInputError(f"normalize must be one of {list(NORMALIZE_MODES)}, got {self.normalize!r}")
         _check_int("shapes_per_class", self.shapes_per_class, 3, 10**6)
         _check_int("detect_images", self.detect_images, 3, 10**6)
+        if self.pairs is not None and self.pairs not in PAIR_KINDS:
+            raise UserInputError(f"pairs must be one of {list(PAIR_KINDS)} (or unset), got {self.pairs!r}")
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not 0 < self.sigma <= 1:
+            raise UserInputError(f"sigma must be a number in (0, 1] (noise std in image range), got {self.sigma!r}")
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not all(isinstance(c, str) and c for c in self.classes):
+                raise UserInputError(f"classes must be a list of class names, got {self.classes!r}")
+            object.__setattr__(self, "classes", tuple(self.classes))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able fields; from_dict() rebuilds the same config."""
         d = dataclasses.asdict(self)
         d["split"] = list(self.split) if self.split else None
+        d["classes"] = list(self.classes) if self.classes else None
         return d
 
     @classmethod
@@ -112,6 +127,11 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 def _open_source(config: DataConfig):
+    source = _open_whole_source(config)
+    return source if config.classes is None else ClassSubset(source, config.classes)
+
+
+def _open_whole_source(config: DataConfig):
     if config.source in BUILTIN_SOURCES:
         return BUILTIN_SOURCES[config.source](config)
     return FolderSource(config)

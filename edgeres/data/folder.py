@@ -90,13 +90,20 @@ def _class_samples(directory: Path, names: list[str], seen: dict[tuple[int, int]
     return samples
 
 
-def _scan(directory: Path, class_names: list[str] | None = None,
-          seen: dict[tuple[int, int], str] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
+def _scan(directory: Path, class_names: list[str] | None = None, seen: dict[tuple[int, int], str] | None = None,
+          only: tuple[str, ...] | None = None) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names and (file, class index) pairs under `directory`, one subfolder per class.
 
-    `seen` carries the files found so far across calls, so one file in two splits is refused.
+    `seen` carries the files found so far across calls, so one file in two splits is refused. `only`: the class
+    folders to read (the data's `classes`); the others are not looked into.
     """
     found = _class_dirs(directory)
+    if only is not None and found:
+        absent = sorted(set(only) - set(found))
+        if absent:
+            raise UserInputError(f"classes {absent} are not class folders of {directory}; its class folders "
+                                 f"are {found}")
+        found = [name for name in found if name in only]
     if not found:
         loose = sum(1 for p in directory.iterdir() if _is_image(str(p)))
         what = f"{loose} image(s) but no class subfolders" if loose else "no class subfolders"
@@ -160,7 +167,7 @@ class FolderSource:
         if split_dirs:
             self._load_given_splits(root, split_dirs, config)
         else:
-            self.class_names, samples = _scan(root)
+            self.class_names, samples = _scan(root, only=config.classes)
             self._set_samples(samples, config.skip_bad)
             self.given_splits = None
         if len(self.class_names) < 2:
@@ -181,10 +188,10 @@ class FolderSource:
             raise UserInputError(f"{root} already has train/, val/ and test/ folders, so a split cannot be "
                                  f"applied (got split={config.split}); drop --split to use the folders as given")
         seen: dict[tuple[int, int], str] = {}
-        self.class_names, train = _scan(root / "train", seen=seen)
+        self.class_names, train = _scan(root / "train", seen=seen, only=config.classes)
         parts = {"train": train}
         for s in split_dirs[1:]:
-            parts[s] = _scan(root / s, self.class_names, seen)[1]
+            parts[s] = _scan(root / s, self.class_names, seen, only=config.classes)[1]
         samples, owner = [], []
         for s in split_dirs:
             samples += parts[s]

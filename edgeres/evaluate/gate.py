@@ -48,6 +48,9 @@ class GateConfig:
     max_class_drop: float | None = None
     max_latency_ms: float | None = None
     max_size_mb: float | None = None
+    #: 1 - the mean rank correlation of the candidate's occlusion maps with the baseline's (0: the same evidence)
+    max_explanation_drift: float | None = None
+    explanation_images: int = 16
     confidence: float = 0.95
     n_boot: int = 10000
     seed: int = 0
@@ -57,6 +60,11 @@ class GateConfig:
         for name in ("max_class_drop", "max_latency_ms", "max_size_mb"):
             value = getattr(self, name)
             _require(value is None or (_is_number(value) and value >= 0), name, value, "None or a number >= 0")
+        _require(self.max_explanation_drift is None or (_is_number(self.max_explanation_drift)
+                                                        and 0 <= self.max_explanation_drift <= 2),
+                 "max_explanation_drift", self.max_explanation_drift, "None or a number from 0 to 2 (1 - rank correlation)")
+        _require(_is_int(self.explanation_images) and self.explanation_images >= 1, "explanation_images",
+                 self.explanation_images, "an integer >= 1")
         _require(_is_number(self.confidence) and 0 < self.confidence < 1, "confidence", self.confidence,
                  "a number strictly between 0 and 1")
         _require(_is_int(self.n_boot) and self.n_boot >= 100, "n_boot", self.n_boot, "an integer >= 100")
@@ -122,6 +130,8 @@ class GateResult:
     task: str = DEFAULT_TASK
     metric_checks: list[MetricCheck] = dataclasses.field(default_factory=list)
     class_metric: str = "recall"
+    #: The candidate's explanation drift from the baseline (`edgeres.explain.DriftResult.to_dict()`), when gated
+    explanation_drift: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the `gate` entry of results.json)."""
@@ -148,7 +158,7 @@ class GateResult:
 
 def check(baseline: Any, candidate: Any, class_names: list[str], config: GateConfig, *,
           candidate_latency_ms: float | None = None, candidate_size_mb: float | None = None,
-          task: Task | None = None) -> GateResult:
+          task: Task | None = None, explanation_drift: dict[str, Any] | None = None) -> GateResult:
     """Compare a candidate's predictions with the baseline's on the same test images and decide pass or fail.
 
     task: whose predictions these are and what it measures (default: classification, as in model.json).
@@ -163,6 +173,8 @@ def check(baseline: Any, candidate: Any, class_names: list[str], config: GateCon
     if config.max_class_drop is not None:
         checks.append(_class_check(ev, config.max_class_drop))
     checks += _resource_checks(config, candidate_latency_ms, candidate_size_mb)
+    if config.max_explanation_drift is not None:
+        checks.append(_drift_check(config.max_explanation_drift, explanation_drift))
     head = metric_checks[0]
     return GateResult(
         passed=all(ch.passed for ch in checks), reasons=[ch.reason for ch in checks if ch.reason],
@@ -172,7 +184,7 @@ def check(baseline: Any, candidate: Any, class_names: list[str], config: GateCon
         mcnemar_b=ev.legacy.get("mcnemar_b"), mcnemar_c=ev.legacy.get("mcnemar_c"),
         mcnemar_p=ev.legacy.get("mcnemar_p"), per_class=ev.per_class, latency_ms=candidate_latency_ms,
         size_mb=candidate_size_mb, config=config, task=task.name, metric_checks=metric_checks,
-        class_metric=ev.class_metric)
+        class_metric=ev.class_metric, explanation_drift=explanation_drift)
 
 
 def paired_bootstrap(resample: Callable[[np.ndarray], np.ndarray], n: int, confidence: float = 0.95,
@@ -286,6 +298,22 @@ def _resource_checks(config: GateConfig, latency_ms: float | None, size_mb: floa
         reason = None if passed else f"{name} {value:.2f} {unit} > allowed {limit:g} {unit}"
         out.append(Check(name, f"<= {limit:g} {unit}", f"{value:.2f} {unit}", passed, reason))
     return out
+
+
+def _drift_check(limit: float, drift: dict[str, Any] | None) -> Check:
+    """Explanation drift (1 - mean rank correlation of the occlusion maps) against its limit."""
+    if drift is None:
+        raise UserInputError("max_explanation_drift is set but no explanation drift was measured "
+                             "(explanation_drift=None)")
+    value = 1.0 - drift["rank_correlation_mean"]
+    passed = value <= limit + _EPS
+    measured = (f"{value:.3f} (rank corr. {drift['rank_correlation_mean']:.2f}, min "
+                f"{drift['rank_correlation_min']:.2f}; top-20% IoU {drift['top_iou_mean']:.2f}; "
+                f"{len(drift['images'])} images)")
+    reason = None if passed else (f"explanation drift {value:.3f} > allowed {limit:g}: the candidate's occlusion maps "
+                                  f"rank the image's regions unlike the baseline's (mean rank correlation "
+                                  f"{drift['rank_correlation_mean']:.2f})")
+    return Check("explanation drift", f"<= {limit:g}", measured, passed, reason)
 
 
 def _warnings(m: MetricCheck, n: int, config: GateConfig) -> list[str]:

@@ -59,7 +59,7 @@ def evaluate_runner(runner, bundle, splits: tuple[str, ...] = ("test", "val"), b
         p = predict(runner, bundle, split, batch_size, progress)
         preds[split] = p
         metrics[split] = task.metrics(p, bundle.class_names)
-    return metrics, preds
+    return task.relate_splits(metrics), preds
 
 
 def write_metrics(metrics: dict[str, Any], runner_info: dict[str, Any], out_dir: str | Path,

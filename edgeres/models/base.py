@@ -27,6 +27,9 @@ class EdgeModel(nn.Module):
     keep_float: tuple[str, ...] = ()
     #: The submodule a classification network's weights load into (a detector's backbone); None: the whole model.
     backbone_name: str | None = None
+    #: Top-level modules a classification weight file does not hold (a convolutional head): loading a file
+    #: leaves them freshly initialised.
+    added_modules: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ from edgeres.meta import DEFAULT_TASK
 from edgeres.models.fusion import ASFFResNet
 from edgeres.models.resnet import ResNet
 from edgeres.models.resnet_v2 import ResNetV2
+from edgeres.models.unet import UNet
 from edgeres.models.yolo import YOLO
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -85,11 +86,16 @@ for _name in ("resnet18", "resnet50"):
     register_model(f"simam_{_name}", ResNet, **_RESNETS[_name], **_SIMAM)
 register_model("resnet50v2", ResNetV2, layers=_R50)
 register_model("se_resnet50v2", ResNetV2, layers=_R50, **_SE)
+register_model("se_resnet50v2_convhead", ResNetV2, layers=_R50, **_SE, head="conv")  # the MRI study's
 register_model("asff_resnet50", ASFFResNet, block="bottleneck", layers=_R50)
 # Detectors: the same backbone variants under a YOLOv3 neck and heads.
 register_model("yolo_resnet18", YOLO, **_RESNETS["resnet18"])
 register_model("yolo_se_resnet18", YOLO, **_RESNETS["resnet18"], **_SE)
 register_model("yolo_simam_resnet18", YOLO, **_RESNETS["resnet18"], **_SIMAM)
+# Image-to-image: the same encoders under a U-Net decoder.
+for _name in ("resnet18", "resnet50"):
+    register_model(f"unet_{_name}", UNet, **_RESNETS[_name])
+    register_model(f"unet_se_{_name}", UNet, **_RESNETS[_name], **_SE)
 
 # Tiny variants, one per family, so tests sweep the whole zoo in seconds.
 register_model("test_resnet", ResNet, block="basic", **_TINY)
@@ -98,5 +104,8 @@ register_model("test_se_resnet", ResNet, block="basic", **_TINY, attn_layer="se"
 register_model("test_simam_resnet", ResNet, block="basic", **_TINY, **_SIMAM)
 register_model("test_resnet_v2", ResNetV2, **_TINY)
 register_model("test_se_resnet_v2", ResNetV2, **_TINY, attn_layer="se", attn_kwargs=_TINY_SE)
+register_model("test_se_resnet_v2_convhead", ResNetV2, **_TINY, attn_layer="se", attn_kwargs=_TINY_SE,
+               head="conv", head_width=16)
 register_model("test_asff_resnet", ASFFResNet, block="bottleneck", **_TINY, fuse_channels=32, fuse_compress=4)
 register_model("test_yolo", YOLO, block="basic", **_TINY, neck_widths=(16, 16, 32))
+register_model("test_unet", UNet, block="basic", **_TINY, decoder_widths=(32, 16, 16, 8, 8))

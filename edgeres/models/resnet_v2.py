@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeres.errors import UserInputError
 from edgeres.models.attention import create_attn
 from edgeres.models.base import EdgeModel
 
@@ -14,8 +15,11 @@ class PreActBottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, project: bool = False,
-                 attn_layer: str | None = None, attn_kwargs: dict | None = None):
+                 attn_layer: str | None = None, attn_kwargs: dict | None = None, head: str = "linear",
+                 head_width: int = 512, dropout: float = 0.3):
         super().__init__()
+        if head not in ("linear", "conv"):
+            raise UserInputError(f"head must be 'linear' or 'conv', got {head!r}")
         out_planes = planes * self.expansion
         self.preact = nn.BatchNorm2d(inplanes)
         self.relu = nn.ReLU(inplace=True)
@@ -51,8 +55,11 @@ class ResNetV2(EdgeModel):
 
     def __init__(self, layers: tuple[int, ...] = (3, 4, 6, 3), num_classes: int = 1000, in_chans: int = 3,
                  channels: tuple[int, ...] = (64, 128, 256, 512), stem_width: int = 64,
-                 attn_layer: str | None = None, attn_kwargs: dict | None = None):
+                 attn_layer: str | None = None, attn_kwargs: dict | None = None, head: str = "linear",
+                 head_width: int = 512, dropout: float = 0.3):
         super().__init__()
+        if head not in ("linear", "conv"):
+            raise UserInputError(f"head must be 'linear' or 'conv', got {head!r}")
         self.conv1 = nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = stem_width
@@ -69,6 +76,15 @@ class ResNetV2(EdgeModel):
         self.norm = nn.BatchNorm2d(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        if head == "conv":
+            # A convolutional head on the last features, as the MRI study puts on Keras's ResNet50V2: 3x3 conv,
+            # BN, ReLU, then pooling, dropout and the classifier. A classification file has no weights for it.
+            self.head = nn.Sequential(nn.Conv2d(inplanes, head_width, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(head_width), nn.ReLU(inplace=True))
+            self.drop = nn.Dropout(dropout)
+            self.stage_names = (*self.stage_names[:-1], "head", "fc")
+            self.added_modules = ("head",)
+            inplanes = head_width
         self.fc = nn.Linear(inplanes, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -80,4 +96,7 @@ class ResNetV2(EdgeModel):
         return self.relu(self.norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.forward_features(x)), 1))
+        x = self.forward_features(x)
+        if hasattr(self, "head"):
+            return self.fc(self.drop(torch.flatten(self.avgpool(self.head(x)), 1)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))

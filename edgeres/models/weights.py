@@ -119,8 +119,9 @@ def load_weights(model: nn.Module, path: str | Path) -> LoadReport:
         else:
             raise UserInputError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, the model expects "
                                  f"{tuple(own[key].shape)}; are these weights for another architecture?")
+    added = tuple(f"{name}." for name in getattr(model, "added_modules", ()))
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
-               and not any(k == r for r in report.reinitialized)]
+               and not any(k == r for r in report.reinitialized) and not (added and k.startswith(added))]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise UserInputError(f"{path}: weights do not fit this model: {len(missing)} missing (e.g. {missing[:3]}), "

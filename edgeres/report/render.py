@@ -7,16 +7,17 @@ attachment or a CI artifact store, with no other file beside it.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from edgeres.artifacts import write_text
 from edgeres.bench.load import CONTENTION_SHARE
 from edgeres.errors import UserInputError
 from edgeres.meta import DEFAULT_TASK
+from edgeres.report.blocks import Block, Bullets, Heading, Image, Para, Table
 from edgeres.report.charts import engine_latency, p50_per_image, pareto_front, write_charts
+from edgeres.report.sections import evaluation_blocks, explanation_blocks
 from edgeres.tasks import Task, get_task
 
 MISSING = "–"
@@ -41,41 +42,6 @@ th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0 2rem}img{max-width:100%;height:auto}figcaption{color:#57606a;font-size:0.9rem}
 p.pass{color:#1a7f37;font-weight:600}p.fail{color:#cf222e;font-weight:600}p.warn{color:#9a6700;font-weight:600}
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Para:
-    text: str
-    css_class: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Bullets:
-    items: list[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-    id: str
-    columns: list[str]
-    rows: list[list[str]]
-    first_numeric: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Image:
-    alt: str
-    path: Path
-    rel: str  # from the report's directory, with forward slashes
-
-
-Block = Union[Heading, Para, Bullets, Table, Image]
 
 
 def summary_columns(task: Task) -> list[str]:
@@ -145,7 +111,7 @@ def render_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Pat
     artifacts = _artifacts(results)
     charts = write_charts(artifacts, out_dir / "plots", results_task(artifacts))
     images = [Image(caption, path, path.relative_to(out_dir).as_posix()) for caption, path in charts]
-    blocks = _blocks(results, artifacts, images)
+    blocks = _blocks(results, artifacts, images, out_dir)
     written = {img.rel: img.path for img in images}
     written["report.md"] = write_text(out_dir / "report.md", to_markdown(blocks))
     written["report.html"] = write_text(out_dir / "report.html", to_html(blocks, TITLE))
@@ -196,7 +162,7 @@ def to_html(blocks: list[Block], title: str) -> str:
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: list[Image]) -> list[Block]:
+def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: list[Image], out_dir: Path) -> list[Block]:
     columns, rows = summary_rows(results)
     env = results.get("environment") or {}
     base = results.get("baseline")
@@ -220,6 +186,10 @@ def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: li
         blocks += _gate_blocks(results["gate"])
     if images:
         blocks += [Heading(2, "Charts"), *images]
+    if results.get("evaluation"):
+        blocks += evaluation_blocks(results["evaluation"], out_dir)
+    if results.get("explanations"):
+        blocks += explanation_blocks(results["explanations"], out_dir)
     blocks += [Heading(2, "Environment"), Table("environment", ["item", "value"], _environment_rows(env))]
     return blocks
 

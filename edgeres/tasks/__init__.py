@@ -5,6 +5,7 @@ from edgeres.errors import UserInputError
 from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Paired, Task
 from edgeres.tasks.classify import Classification
 from edgeres.tasks.detect import Detection
+from edgeres.tasks.image2image import ImageToImage
 
 _TASKS: dict[str, Task] = {}
 
@@ -31,6 +32,7 @@ def list_tasks() -> list[str]:
 
 register_task(Classification())
 register_task(Detection())
+register_task(ImageToImage())
 
 __all__ = ["ClassDelta", "Criterion", "GateEvidence", "MetricDelta", "Paired", "Task", "get_task", "list_tasks",
            "register_task"]

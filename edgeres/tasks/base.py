@@ -136,6 +136,11 @@ class Task(abc.ABC):
     def metrics(self, predictions: Any, class_names: list[str]) -> dict[str, Any]:
         """The metrics of one split's predictions (JSON-ready)."""
 
+    def relate_splits(self, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """What one split's metrics take from another's (a binary classifier's threshold is chosen on val and
+        applied to test); `metrics` is {split: metrics}. Nothing by default."""
+        return metrics
+
     @abc.abstractmethod
     def write_plots(self, metrics: dict[str, dict[str, Any]], out: Path, class_names: list[str]) -> list[Path]:
         """Plots of each split's metrics into `out`; returns the files written."""

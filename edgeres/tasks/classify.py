@@ -13,7 +13,7 @@ from edgeres.tasks import classify_predict
 from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Paired, Task
 from edgeres.tasks.classify_compare import (QAT_TOLERANCE, TOLERANCES, ClassifierOutputs, Tolerance, compare_outputs,
                                             judge, logits)
-from edgeres.tasks.classify_metrics import classification_metrics, softmax
+from edgeres.tasks.classify_metrics import classification_metrics, softmax, threshold_on_val
 
 if TYPE_CHECKING:
     import torch
@@ -83,10 +83,18 @@ class Classification(Task):
     def metrics(self, predictions: Predictions, class_names: list[str]) -> dict[str, Any]:
         return classification_metrics(predictions.labels, predictions.probs, class_names)
 
+    def relate_splits(self, metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Two classes: every split's sensitivity and specificity at the threshold chosen on val (Youden's J)."""
+        return threshold_on_val(metrics)
+
     def write_plots(self, metrics: dict[str, dict[str, Any]], out: Path, class_names: list[str]) -> list[Path]:
-        """A confusion matrix per split."""
-        return [plot_confusion(m["confusion"], class_names, out / f"confusion_{split}.png", title=f"Confusion ({split})")
-                for split, m in metrics.items()]
+        """A confusion matrix per split; with two classes, ROC and precision-recall curves too."""
+        from edgeres.tasks.classify_plots import plot_binary_curves
+
+        written = [plot_confusion(m["confusion"], class_names, out / f"confusion_{split}.png",
+                                  title=f"Confusion ({split})") for split, m in metrics.items()]
+        return written + [plot_binary_curves(m["binary"], out / f"roc_pr_{split}.png", split)
+                          for split, m in metrics.items() if m.get("binary")]
 
     def soft_loss(self, student: "torch.Tensor", teacher: "torch.Tensor", temperature: float) -> "torch.Tensor":
         """Hinton's KD: KL divergence of the temperature-softened class distributions."""

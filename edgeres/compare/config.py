@@ -1,0 +1,101 @@
+"""What `edgeres compare` trains and measures: one typed configuration for the CLI, the recipe and Python users."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeres.data import DataConfig
+from edgeres.errors import UserInputError
+from edgeres.train.config import TrainConfig, require_int
+
+# The task metrics the comparison table reports; a model's task must list them among its summary keys.
+TASK_METRICS = ("accuracy", "macro_f1", "auc")
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyConfig:
+    """How each trained model is timed: torch Runner, batch 1, `rounds` interleaved rounds of `runs` calls."""
+
+    rounds: int = 5
+    runs: int = 20              # timed calls per variant per round
+    warmup: int = 5             # untimed calls per variant before the first round
+
+    def __post_init__(self) -> None:
+        require_int("rounds", self.rounds, 1)
+        require_int("runs", self.runs, 1)
+        require_int("warmup", self.warmup, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """Variants trained on the same data, split, seed and training settings, into `out`/models/<variant>."""
+
+    models: tuple[str, ...]
+    data: DataConfig
+    out: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    patience: int = 0
+    balance: str = "none"
+    weights: Mapping[str, str] = dataclasses.field(default_factory=dict)  # variant -> local weight file
+    freeze: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | str = False
+    threads: int | None = None      # CPU threads for torch, training and timing alike (None: torch's default)
+    latency: LatencyConfig = LatencyConfig()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "weights", dict(self.weights))
+        if not self.models:
+            raise UserInputError("models: name at least one model variant to compare (`edgeres models` lists them)")
+        twice = sorted({m for m in self.models if self.models.count(m) > 1})
+        if twice:
+            raise UserInputError(f"models: each variant once, got {', '.join(twice)} more than once")
+        check_models(self.models)
+        strays = sorted(set(self.weights) - set(self.models))
+        if strays:
+            raise UserInputError(f"weights: {', '.join(strays)} is not among the compared models "
+                                 f"({', '.join(self.models)}); give NAME=FILE for a compared model")
+        for m in self.models:
+            self.train_config(m)  # the training settings are checked once, here, by TrainConfig itself
+
+    def train_config(self, model: str, resume: bool = False) -> TrainConfig:
+        """The TrainConfig of variant `model`: the shared settings, its own weights and output folder."""
+        return TrainConfig(model=model, data=self.data, out=str(self.variant_dir(model)), epochs=self.epochs,
+                           batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                           scheduler=self.scheduler, patience=self.patience, balance=self.balance,
+                           weights=self.weights.get(model), freeze=self.freeze, seed=self.seed, resume=resume,
+                           threads=self.threads, device=self.device, amp=self.amp)
+
+    def variant_dir(self, model: str) -> Path:
+        return Path(self.out) / "models" / model
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the trained weights besides the model name: a rerun into `out` must match it."""
+        d = dataclasses.asdict(self)
+        d["data"] = self.data.to_dict()
+        for key in ("models", "out", "threads", "latency"):
+            d.pop(key)
+        return d
+
+
+def check_models(models: tuple[str, ...]) -> None:
+    """Refuse unknown names (listing the known ones) and models whose task measures other things."""
+    from edgeres.models import list_models, model_task
+    from edgeres.tasks import get_task
+
+    known = list_models()
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise UserInputError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(known)}")
+    for m in models:
+        task = get_task(model_task(m))
+        if not set(TASK_METRICS) <= set(task.summary_keys):
+            raise UserInputError(f"compare supports classification models; {m} is a {task.name} model "
+                                 f"(the table needs {', '.join(TASK_METRICS)} and class probabilities)")
