@@ -92,6 +92,9 @@ def train_cmd(
                                                      "the others are not read."),
     augment: bool = typer.Option(True, help="Augment the training split."),
     skip_bad: bool = typer.Option(False, help="Skip unreadable images (and count them) instead of failing."),
+    pairs: Optional[str] = typer.Option(None, help="Image-to-image pairs made from the data: denoise, inpaint, "
+                                                   "sr2 or sr4 (default: input/ and target/ folders, else denoise)."),
+    sigma: float = typer.Option(0.1, help="Image-to-image denoise: the noise's std in image range [0, 1]."),
     seed: int = typer.Option(0, help="Seed for splits, initialisation and shuffling."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last epoch."),
@@ -104,7 +107,8 @@ def train_cmd(
     from edgeres.train.loop import train
 
     data_cfg = DataConfig(source=data, img_size=img_size, in_chans=in_chans, split=_split(split), seed=seed,
-                          augment=augment, skip_bad=skip_bad, classes=csv_values(classes, "--classes") if classes else None)
+                          augment=augment, skip_bad=skip_bad, classes=csv_values(classes, "--classes") if classes else None,
+                          pairs=pairs, sigma=sigma)
     cfg = TrainConfig(model=model, data=data_cfg, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
                       optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
                       weights=str(weights) if weights else None, freeze=freeze, seed=seed, threads=threads,
@@ -435,13 +439,15 @@ def run_cmd(
                                                   "of its own data."),
     weights: Optional[Path] = typer.Option(None, help="Local weight file the train stage starts from (e.g. "
                                                       "ImageNet weights; the recipe's freeze applies only then)."),
+    classes: Optional[str] = typer.Option(None, help="With --data: only these class folders (comma-separated)."),
 ) -> None:
     """Run a whole pipeline: train, prune+distill, export+quantize, bench, explain, check, report (and compare)."""
     from edgeres.artifacts import read_json
     from edgeres.pipeline import run_recipe
     from edgeres.recipe import load_recipe, with_overrides
 
-    r = with_overrides(load_recipe(recipe), data=data, weights=str(weights) if weights else None)
+    r = with_overrides(load_recipe(recipe), data=data, weights=str(weights) if weights else None,
+                       classes=csv_values(classes, "--classes") if classes else None)
     summary = run_recipe(r, out=out, force=force,
                          on_stage=lambda stage, what: console.print(f"[bold]{stage}[/]: {what}", highlight=False))
     run = Path(summary["run"])

@@ -275,6 +275,11 @@ def _stage_report(run: _Run, resume: bool) -> None:
     results["evaluation"] = {"name": f"{run.recipe.train.model} (trained)", "task": metrics.get("task"),
                              "metrics": metrics["test"],
                              "plots": [str(train / f) for f in ("confusion_test.png", "roc_pr_test.png")]}
+    from edgeres.models.registry import scale_reference
+
+    reference = scale_reference(run.recipe.train.model)
+    if reference:
+        results["evaluation"]["reference"] = {"name": reference[0], "params": reference[1]}
     if run.recipe.explain:
         explanations = read_json(run.dirs["explain"] / "explanations.json")
         if explanations.get("panel"):

@@ -32,6 +32,8 @@ class DataStage(_Strict):
     detect_images: int = Field(600, ge=3)  # shapes-det: how many scenes it draws
     shapes_per_class: int = Field(120, ge=3)  # shapes: how many images of each kind it draws
     classes: Optional[list[str]] = None    # only these of the data's classes (at least two), in this order
+    pairs: Optional[Literal["denoise", "inpaint", "sr2", "sr4"]] = None  # image2image pairs made from the data
+    sigma: float = Field(0.1, gt=0, le=1)  # image2image denoise: noise std in image range [0, 1]
 
 
 _DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # as edgeres.train.device checks it, without importing torch here
@@ -186,14 +188,17 @@ class Recipe(_Strict):
         return self
 
 
-def with_overrides(recipe: Recipe, data: str | None = None, weights: str | None = None) -> Recipe:
+def with_overrides(recipe: Recipe, data: str | None = None, weights: str | None = None,
+                   classes: list[str] | None = None) -> Recipe:
     """`recipe` run on another data source (`edgeres run NAME --data FOLDER`: every data stage reads it, and a
-    packaged recipe's class selection, made for its built-in data, is dropped) or from a weight file
-    (`--weights FILE`: the train stage starts from it)."""
+    packaged recipe's class selection, made for its built-in data, is dropped unless `classes` names the new
+    one's) or from a weight file (`--weights FILE`: the train stage starts from it)."""
     update: dict[str, Any] = {}
+    if classes is not None and data is None:
+        raise UserInputError("--classes picks class folders of the data given with --data; give --data too")
     if data is not None:
         def moved(stage: DataStage) -> DataStage:
-            return stage.model_copy(update={"source": data, "classes": None})
+            return stage.model_copy(update={"source": data, "classes": classes})
 
         if recipe.data is not None:
             update["data"] = moved(recipe.data)

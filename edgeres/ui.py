@@ -17,6 +17,14 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 stdout = Console(width=None if sys.stdout.isatty() else 160)
 
 
+# Third-party loggers whose warnings tell an edgeres user nothing they can act on; --verbose shows them.
+_QUIET = {
+    # NNCF's torch backend imports it while quantizing an IR; on a machine with a CUDA toolkit and no GPU it
+    # warns "No CUDA runtime is found" about building C++ extensions, which edgeres never builds.
+    "torch.utils.cpp_extension": logging.ERROR,
+}
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Route the `edgeres` logger to stderr through rich; third-party chatter stays at warnings."""
     logger = logging.getLogger("edgeres")
@@ -24,6 +32,8 @@ def setup_logging(verbose: bool = False) -> None:
         logger.addHandler(RichHandler(console=console, show_path=False, show_time=False, markup=False))
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    for name, level in _QUIET.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
 
 
 @contextlib.contextmanager

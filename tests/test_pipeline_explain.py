@@ -76,6 +76,10 @@ def test_overrides_move_every_data_stage_and_start_from_weights(tmp_path):
     assert moved.data.classes is None and moved.compare.data.classes is None  # made for the built-in data
     assert moved.train.weights == "w.safetensors" and moved.train.freeze == "layer2"
     assert recipe.data.source == "shapes"  # the loaded recipe is not changed
+    picked = with_overrides(recipe, data="/some/folder", classes=["a", "b"])
+    assert picked.data.classes == picked.compare.data.classes == ["a", "b"]
+    with pytest.raises(UserInputError, match="--data"):
+        with_overrides(recipe, classes=["a", "b"])
     only_compare = load_recipe(_write(tmp_path, {"name": "c", "data": RECIPE["data"],
                                                  "compare": {"models": ["test_resnet"]}}, "c.yaml"))
     with pytest.raises(UserInputError, match="--weights"):

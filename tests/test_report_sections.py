@@ -60,6 +60,9 @@ def test_a_detectors_per_class_list_renders(tmp_path):
                  {"name": "ring", "ap": None, "ap50": None, "precision": 0.0, "recall": 0.0, "support": 0}]
     metrics = {"n": 5, "map": 0.5, "map50": 0.8, "map75": 0.4, "precision": 0.9, "recall": 0.7, "per_class": per_class}
     results = copy.deepcopy(RESULTS)
-    results["evaluation"] = {"name": "yolo", "task": "detection", "metrics": metrics, "plots": []}
+    results["evaluation"] = {"name": "yolo", "task": "detection", "metrics": metrics, "plots": [],
+                             "reference": {"name": "yolov3_darknet53", "params": 61_949_149}}
     md = render_report(results, tmp_path)["report.md"].read_text()
+    assert "| yolov3_darknet53 | 61,949,149 | 247.8 |" in md
+    assert "| model.onnx | 11,200,000 (18.1%) | 44.6 (file) |" in md
     assert "| round | 90.0 | 70.0 | 80.0 | 50.0 | 12 |" in md and "| ring | 0.0 | 0.0 | – | – | 0 |" in md

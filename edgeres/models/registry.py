@@ -55,6 +55,12 @@ def model_task(name: str) -> str:
     return getattr(_MODELS[name].func, "task", DEFAULT_TASK)
 
 
+def scale_reference(name: str) -> tuple[str, int] | None:
+    """(name, parameters) of the model variant `name` is shown beside for scale (a detector: YOLOv3-Darknet53)."""
+    _check_name(name)
+    return getattr(_MODELS[name].func, "scale_reference", None)
+
+
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build variant `name` with fresh weights; kwargs override the variant's arguments."""
     _check_name(name)

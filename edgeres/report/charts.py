@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeres.meta import DEFAULT_TASK
-from edgeres.plots import plot_confusion, save_figure  # selects the Agg backend before pyplot loads
+from edgeres.plots import fit_bounded_axis, plain_log_axis, plot_confusion, save_figure  # Agg before pyplot
 from edgeres.tasks import Task, get_task
 
 import matplotlib  # noqa: E402
@@ -62,23 +62,26 @@ def plot_tradeoff(names: Sequence[str], cost: Sequence[float], acc: Sequence[flo
     drawn as steps."""
     cost_a, acc_a = np.asarray(cost, float), 100.0 * np.asarray(acc, float)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # The axis stops at 100%, so a point there sits on the frame: drawn unclipped to stay whole.
     for k, group in enumerate(sorted(set(groups))):
         mask = np.array([g == group for g in groups])
-        ax.scatter(cost_a[mask], acc_a[mask], s=40, color=f"C{k}", label=group, zorder=3)
+        ax.scatter(cost_a[mask], acc_a[mask], s=40, color=f"C{k}", label=group, zorder=3, clip_on=False)
     front = pareto_front(list(zip(cost_a, acc_a)))
     if front:
         ax.step(cost_a[front], acc_a[front], where="post", color="0.3", lw=1, ls="--", zorder=2)
         ax.scatter(cost_a[front], acc_a[front], s=140, facecolors="none", edgecolors="0.2", lw=1.2,
-                   label="Pareto front", zorder=4)
-    for name, x, y, stack in zip(names, cost_a, acc_a, _stacking(cost_a, acc_a)):
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4 - 9 * stack), fontsize=7)
+                   label="Pareto front", zorder=4, clip_on=False)
     if cost_a.min() > 0 and cost_a.max() / cost_a.min() > _LOG_SPREAD:
         ax.set_xscale("log")
+        plain_log_axis(ax.xaxis)
+    fit_bounded_axis(ax, acc_a, top=100.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # Outside the axes, so the legend never hides a point or its name.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    _label_points(ax, names, cost_a, acc_a)
     return save_figure(fig, path)
 
 
@@ -93,6 +96,7 @@ def plot_latency_distributions(names: Sequence[str], samples_ms: Sequence[Sequen
     hi = max(float(d.max()) for d in data)
     if lo > 0 and hi / lo > _LOG_SPREAD:
         ax.set_xscale("log")
+        plain_log_axis(ax.xaxis)
     ax.invert_yaxis()  # same order as the summary table, top to bottom
     ax.set_xlabel("engine latency per call (ms)")
     ax.set_title("Latency distribution")
@@ -143,11 +147,29 @@ def write_charts(artifacts: list[dict[str, Any]], plots_dir: str | Path,
     return out
 
 
-def _stacking(x: np.ndarray, y: np.ndarray) -> list[int]:
-    """For each point, how many earlier points sit almost on it, so their labels can be stacked, not overprinted."""
-    span_x, span_y = np.ptp(x) or 1.0, np.ptp(y) or 1.0
-    return [int(np.sum((np.abs(x[:i] - x[i]) < 0.03 * span_x) & (np.abs(y[:i] - y[i]) < 0.03 * span_y)))
-            for i in range(len(x))]
+def _label_points(ax, names: Sequence[str], x: np.ndarray, y: np.ndarray) -> None:
+    """Name each point beside it, inside the axes, where the label overprints no label placed before it.
+
+    Placed by the labels' drawn boxes, not by data distances: on a log axis, or with long names, points far
+    apart in data units still put their labels on top of each other.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    for name, xi, yi in zip(names, x, y):
+        spots = [(dx, dy) for line in range(len(names) + 1) for dy in (4 + 9 * line, -5 - 9 * line) for dx in (5, -5)]
+        for dx, dy in spots:
+            label = ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                                ha="left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:  # nowhere free: beside the point as before, overprinting if it must
+            label = ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def _with_batch(name: str, artifact: dict[str, Any]) -> str:

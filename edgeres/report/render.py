@@ -72,13 +72,14 @@ def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         acc = task.headline(a.get("metrics"))
         img_ms = p50_per_image(a)
         speedup = base_img_ms / img_ms if base_img_ms and img_ms else None
-        delta = 100.0 * (acc - base_acc) if acc is not None and base_acc is not None else None
+        delta = task.headline_scale * (acc - base_acc) if acc is not None and base_acc is not None else None
         rows.append([
             a["name"], a.get("backend") or MISSING, a.get("precision") or MISSING,
             _threads_batch(a),
             _fmt(_scaled(a.get("size_bytes"), 1e6), ".2f"), _fmt(_scaled(a.get("params"), 1e6), ".2f", "M"),
             _fmt(_scaled(a.get("macs"), 1e6), ",.1f"), _fmt(lat.get("p50_ms"), ".2f"), _fmt(lat.get("p99_ms"), ".2f"),
-            _fmt(lat.get("throughput_ips"), ",.1f"), _fmt(_scaled(acc, 0.01), ".2f"), _fmt(speedup, ".2f", "×"),
+            _fmt(lat.get("throughput_ips"), ",.1f"), _fmt(_scaled(acc, 1 / task.headline_scale), ".2f"),
+            _fmt(speedup, ".2f", "×"),
             _fmt(delta, "+.2f"), *_memory_cells(a), _contention_cell(a),
         ])
     return summary_columns(task), rows
@@ -187,7 +188,7 @@ def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: li
     if images:
         blocks += [Heading(2, "Charts"), *images]
     if results.get("evaluation"):
-        blocks += evaluation_blocks(results["evaluation"], out_dir)
+        blocks += evaluation_blocks(results["evaluation"], out_dir, artifacts)
     if results.get("explanations"):
         blocks += explanation_blocks(results["explanations"], out_dir)
     blocks += [Heading(2, "Environment"), Table("environment", ["item", "value"], _environment_rows(env))]
@@ -211,11 +212,13 @@ def _gate_blocks(gate: dict[str, Any]) -> list[Block]:
     else:
         for m in gate.get("metric_checks") or []:
             lo, hi = m.get("delta_ci_points") or (None, None)
+            unit = m.get("unit") or "points"  # results.json written before units held fractions and points
+            value = ((lambda v: f"{_fmt(_scaled(v, 0.01), '.2f')}%") if unit == "points"
+                     else (lambda v: f"{_fmt(v, '.2f')} {unit}"))
             blocks.append(Para(
-                f"{m['name']} {_fmt(_scaled(m.get('baseline'), 0.01), '.2f')}% (baseline) → "
-                f"{_fmt(_scaled(m.get('candidate'), 0.01), '.2f')}% (candidate) on {_fmt(gate.get('n'), 'd')} images: "
-                f"{_fmt(m.get('delta_points'), '+.2f')} points, {_fmt(gate.get('confidence'), '.0%')} paired-bootstrap "
-                f"CI {_fmt(lo, '+.2f')} to {_fmt(hi, '+.2f')}."))
+                f"{m['name']} {value(m.get('baseline'))} (baseline) → {value(m.get('candidate'))} (candidate) on "
+                f"{_fmt(gate.get('n'), 'd')} images: {_fmt(m.get('delta_points'), '+.2f')} {unit}, "
+                f"{_fmt(gate.get('confidence'), '.0%')} paired-bootstrap CI {_fmt(lo, '+.2f')} to {_fmt(hi, '+.2f')}."))
     notes = [f"Failed: {r}" for r in gate.get("reasons") or []]
     notes += [f"Warning: {w}" for w in gate.get("warnings") or []]
     if notes:

@@ -29,7 +29,7 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def evaluation_blocks(evaluation: dict[str, Any], out_dir: Path) -> list[Block]:
+def evaluation_blocks(evaluation: dict[str, Any], out_dir: Path, artifacts: list[dict[str, Any]] = ()) -> list[Block]:
     """The baseline's metrics on its test split, as the training run measured them (its metrics.json)."""
     from edgeres.tasks import get_task
 
@@ -55,11 +55,29 @@ def evaluation_blocks(evaluation: dict[str, Any], out_dir: Path) -> list[Block]:
     if per_class and keys:
         rows = [[name, *[_pct(v.get(k)) for k in keys], str(v.get("support", "–"))] for name, v in per_class.items()]
         blocks.append(Table("per-class", ["class", *[f"{k} %" for k in keys], "support"], rows, 1))
+    reference = evaluation.get("reference")
+    if reference:
+        blocks.append(Table("scale", ["model", "params", "FP32 file MB (params x 4 bytes)", "measured here"],
+                            _scale_rows(reference, artifacts), 1))
     for i, plot in enumerate(evaluation.get("plots") or []):
         picture = _picture(plot, out_dir, f"evaluation_{i}_{Path(plot).name}", f"{evaluation['name']}: {Path(plot).stem}")
         if picture:
             blocks.append(picture)
     return blocks
+
+
+def _scale_rows(reference: dict[str, Any], artifacts: list[dict[str, Any]]) -> list[list[str]]:
+    """The reference model's parameter count beside each measured artifact's: parameters, file size, mAP/accuracy
+    and latency are measured for ours; the reference's are counted from its published architecture only."""
+    rows = [[reference["name"], f"{reference['params']:,}", f"{4 * reference['params'] / 1e6:.1f}",
+             "no (no weights or data for it here)"]]
+    for a in artifacts:
+        if a.get("params"):
+            share = 100 * a["params"] / reference["params"]
+            size = a.get("size_bytes")
+            rows.append([a["name"], f"{a['params']:,} ({share:.1f}%)",
+                         "–" if size is None else f"{size / 1e6:.1f} (file)", "yes (see Summary)"])
+    return rows
 
 
 def explanation_blocks(explanations: dict[str, Any], out_dir: Path) -> list[Block]:
