@@ -167,6 +167,32 @@ def eval_cmd(
     console.print(f"wrote {written}")
 
 
+@app.command("fid")
+def fid_cmd(
+    path: Path = typer.Argument(..., help="An image-to-image checkpoint or exported file."),
+    inception_weights: Optional[Path] = typer.Option(None, help="torch-fidelity's Inception-v3 weight file "
+                                                                 "(weights-inception-2015-12-05-6726825d.pth)."),
+    fid_features: Optional[Path] = typer.Option(None, help="Or: an edgeres classification checkpoint whose pooled "
+                                                           "features stand in (not comparable with published FID)."),
+    data: Optional[str] = typer.Option(None, help="Data to score on (default: what the model was trained on)."),
+    split: str = typer.Option("test", help="Split to score."),
+    kid_subset_size: int = typer.Option(1000, help="KID subset size (smaller test sets use all their images)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
+) -> None:
+    """FID and KID of an image-to-image model's outputs (and, for scale, its inputs) against the targets."""
+    from edgeres.artifacts import write_json
+    from edgeres.tasks.image2image_fid import feature_network, score_artifact
+
+    network = feature_network(inception_weights, fid_features)
+    scores = score_artifact(path, network, data=data, split=split, kid_subset_size=kid_subset_size)
+    rows = [(name, s["fid"], s["kid_mean"], s["kid_std"], s["kid_subset_size"], s["images"])
+            for name, s in (("output", scores["output"]), ("input", scores["input"]))]
+    print_table(f"{path} on {split}: {network.label}", ["images vs targets", "FID", "KID", "KID std",
+                                                         "KID subset", "images"], rows)
+    if json_out:
+        write_json(json_out, scores)
+
+
 @app.command("predict")
 def predict_cmd(
     artifact: Path = typer.Argument(..., help="A checkpoint directory or an exported .onnx/.xml/.engine file."),
@@ -230,15 +256,16 @@ def export_cmd(
     out = out or checkpoint / "exports"
     with progress_bar("exporting", total=None) as advance:
         document = export_checkpoint(checkpoint, out, config, progress=lambda what: advance(0, step=what))
-    metric = get_task(document["task"]).metric
+    task = get_task(document["task"])
+    metric = task.metric
     rows = []
     for e in document["artifacts"] + document["failed"]:
         v = e.get("validation") or {}
         delta = v.get(f"val_{metric}_delta")
         rows.append((Path(e["file"]).name if e["file"] else "-", e["backend"], e["precision"], e["status"], e.get("bytes"),
-                     v.get(f"val_{metric}"), None if delta is None else 100 * delta))
+                     v.get(f"val_{metric}"), None if delta is None else task.headline_scale * delta))
     print_table(f"exports of {checkpoint} -> {out}", ["file", "backend", "precision", "status", "bytes",
-                                                      f"val {metric}", "Δ vs PyTorch (points)"], rows)
+                                                      f"val {metric}", f"Δ vs PyTorch ({task.delta_unit})"], rows)
     console.print(f"wrote {out / 'export.json'}")
     if document["failed"]:
         kept = [e for e in document["failed"] if e["file"]]  # an exporter that raised wrote no file
@@ -295,7 +322,7 @@ def prune_cmd(
     rows += [(f"test {name}", before, after, None) for (name, before), (_, after)
              in zip(task.table_columns(b["test"]), task.table_columns(a["test"]))]
     print_table(f"{checkpoint} -> {out}", ["", "before", "after", "after/before"], rows)
-    console.print(f"{task.metric} drop: {summary[f'{task.metric}_drop_points']:.2f} points; wrote {out}")
+    console.print(f"{task.metric} drop: {summary[f'{task.metric}_drop_points']:.2f} {task.delta_unit}; wrote {out}")
     if summary["prune"]["kind"] == "unstructured":
         console.print(summary["prune"]["note"])
 
@@ -365,7 +392,8 @@ def check_cmd(
     baseline: Path = typer.Option(..., help="Reference artifact (e.g. the unpruned FP32 checkpoint)."),
     candidate: Path = typer.Option(..., help="Artifact to gate (a checkpoint or an exported file)."),
     data: Optional[str] = typer.Option(None, help="Data to test on (default: the baseline's test split)."),
-    max_drop: float = typer.Option(0.5, help="Largest allowed accuracy drop, in points."),
+    max_drop: float = typer.Option(0.5, help="Largest allowed accuracy drop, in points (image-to-image: PSNR "
+                                             "in dB, SSIM in points of SSIM x100)."),
     max_class_drop: Optional[float] = typer.Option(None, help="Largest allowed per-class recall drop, in points."),
     max_latency_ms: Optional[float] = typer.Option(None, help="Largest allowed p50 latency (batch 1), ms."),
     max_size_mb: Optional[float] = typer.Option(None, help="Largest allowed file size, MB."),

@@ -240,20 +240,21 @@ def _stage_compare(run: _Run, resume: bool) -> None:
 def _stage_explain(run: _Run, resume: bool) -> None:
     from edgeres.checkpoint import load_meta
     from edgeres.evaluate import load_task_data
-    from edgeres.explain import explanation_drift, gradcam_panel
+    from edgeres.explain import explanation_drifts, gradcam_panel
 
     e, baseline, out = run.recipe.explain, run.dirs["train"], run.dirs["explain"]
     out.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {"baseline": baseline.name, "panel": None, "drift": []}
+    doc: dict[str, Any] = {"baseline": f"{run.recipe.train.model} (trained)", "panel": None, "drift": []}
     if e.panel_images:
         doc["panel"] = gradcam_panel(baseline, out / "gradcam_panel.png", n=e.panel_images)
-    if e.drift_images:
+    paths = _bench_paths(run)[1:]  # every artifact made from the trained model
+    if e.drift_images and paths:
         names = _artifact_names(run)
         bundle = load_task_data(load_meta(baseline))
-        for path in _bench_paths(run)[1:]:  # every artifact made from the trained model
-            drift = explanation_drift(baseline, path, images=bundle, n=e.drift_images, window=e.window,
-                                      stride=e.stride)
-            doc["drift"].append({"name": names.get(str(path), path.name), **drift.to_dict()})
+        drifts = explanation_drifts(baseline, paths, images=bundle, n=e.drift_images, window=e.window,
+                                    stride=e.stride)
+        doc["drift"] = [{"name": names.get(str(path), path.name), **drift.to_dict()}
+                        for path, drift in zip(paths, drifts)]
     write_json(out / "explanations.json", doc)
 
 

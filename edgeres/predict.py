@@ -1,5 +1,6 @@
 """`edgeres predict`: run any artifact (checkpoint, ONNX, IR, engine) of any task on image files, writing an
-annotated copy of each image and one predictions.json.
+annotated copy of each image (or the task's own output picture: an image-to-image model's restored image) and
+one predictions.json.
 
 The model's task prepares each image as its training data was prepared, turns the runner's named outputs into
 predictions in the image's own coordinates, and draws them; this module only finds files, batches and writes.
@@ -103,9 +104,9 @@ def _predict_batch(runner, task, meta, class_names: list[str], batch: list[tuple
         relative = path.relative_to(root)
         target = out / relative.with_suffix(".png" if path.suffix.lower() in (".tif", ".tiff") else path.suffix)
         target.parent.mkdir(parents=True, exist_ok=True)
-        drawn = task.draw(image, prediction)
+        picture, record = task.predicted_image(image, prediction)
         with atomic_path(target) as tmp:
-            drawn.save(tmp, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"))
+            picture.save(tmp, format=Image.registered_extensions().get(target.suffix.lower(), "PNG"))
         records.append({"file": relative.as_posix(), "annotated": target.relative_to(out).as_posix(),
-                        "width": image.width, "height": image.height, **prediction})
+                        "width": image.width, "height": image.height, **record})
     return records

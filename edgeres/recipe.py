@@ -225,7 +225,7 @@ def list_recipes() -> list[str]:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A packaged recipe by name (`demo`) or a YAML file; invalid fields raise UserInputError naming them."""
     path = Path(name_or_path)
-    if not path.suffix and not path.exists():
+    if not path.suffix and not path.is_file():  # a name (a folder of that name, e.g. its run, is no recipe)
         path = RECIPES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             raise UserInputError(f"no recipe named {name_or_path!r}; packaged recipes: {list_recipes()}, "

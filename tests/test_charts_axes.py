@@ -65,6 +65,15 @@ def test_the_accuracy_axis_ends_at_100_percent_and_shows_every_point(tmp_path, k
     assert shown and max(shown) <= 100.0
 
 
+def test_a_metric_in_db_is_drawn_as_it_is_without_a_ceiling(tmp_path, kept):
+    psnr = [34.45, 34.39, 34.39, 34.41, 34.53, 34.2]
+    plot_tradeoff(NAMES, [14.8, 29.6, 11.5, 15.9, 4.2, 0.65], psnr, GROUPS, tmp_path / "t.png", "p50 (ms)",
+                  "PSNR vs latency", ylabel="PSNR (dB)", scale=1.0, top=None)
+    (ax,) = [a for a in kept[0].axes if a.get_ylabel() == "PSNR (dB)"]
+    low, high = ax.get_ylim()
+    assert low <= min(psnr) and max(psnr) <= high < 100  # dB, not 3,445 "%"
+
+
 def test_point_names_stay_inside_the_axes_without_overprinting(tmp_path, kept):
     # On a log axis (spread > 20x) the two ~15 ms points are close in pixels though 1 ms apart in data.
     plot_tradeoff(NAMES, [14.8, 29.6, 11.5, 15.9, 4.2, 0.65], [1.0] * 6, GROUPS, tmp_path / "t.png",

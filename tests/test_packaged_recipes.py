@@ -11,7 +11,8 @@ from edgeres.recipe import list_recipes, load_recipe
 TINY = {"se_resnet50v2_convhead": "test_se_resnet_v2_convhead", "asff_resnet50": "test_asff_resnet",
         "resnet50": "test_resnet_bottleneck", "resnet101": "test_resnet", "resnet152": "test_se_resnet",
         "resnet18": "test_resnet", "se_resnet18": "test_se_resnet", "simam_resnet18": "test_simam_resnet",
-        "yolo_resnet18": "test_yolo"}
+        "yolo_resnet18": "test_yolo", "unet_resnet18": "test_unet", "unet_resnet50": "test_unet",
+        "unet_se_resnet18": "test_unet", "unet_se_resnet50": "test_unet"}
 PUBLISHED = ("mri-se-resnet50v2", "skin-asff-resnet50", "resnet-depth", "resnet18-variants")
 
 

@@ -3,12 +3,12 @@ report's evaluation and explanation sections, and `edgeres run --data/--weights`
 import logging
 
 import pytest
-import yaml
 
 from edgeres.artifacts import read_json
 from edgeres.errors import UserInputError
 from edgeres.pipeline import run_recipe
 from edgeres.recipe import load_recipe, with_overrides
+from test_pipeline import _write
 
 RECIPE = {
     "name": "explained",
@@ -22,12 +22,6 @@ RECIPE = {
               "explanation_images": 3},
     "report": {},
 }
-
-
-def _write(tmp_path, recipe, name="r.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +96,9 @@ def test_a_recipe_prunes_unstructured(tmp_path):
         run_recipe(load_recipe(_write(tmp_path, {**recipe.model_dump(exclude_none=True),
                                                  "prune": {"sparsity": 0.5, "macs": 0.5}}, "both.yaml")),
                    out=tmp_path / "run2")
+
+
+def test_a_packaged_name_is_found_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "resnet-depth").mkdir()  # e.g. a run directory named after the recipe
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("resnet-depth").name == "resnet-depth"

@@ -32,6 +32,10 @@ def compare_cmd(
     split: Optional[str] = typer.Option(None, help="train,val,test fractions for a folder without splits."),
     augment: bool = typer.Option(True, help="Augment the training split."),
     skip_bad: bool = typer.Option(False, help="Skip unreadable images (and count them) instead of failing."),
+    pairs: Optional[str] = typer.Option(None, help="Image-to-image models: pairs made from the data (denoise, "
+                                                   "inpaint, sr2, sr4; default: input/ and target/ folders, else "
+                                                   "denoise)."),
+    sigma: float = typer.Option(0.1, help="Image-to-image denoise: the noise's std in image range [0, 1]."),
     seed: int = typer.Option(0, help="Seed for the split, initialisation and shuffling, the same for every variant."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch, in training and timing alike."),
     rounds: int = typer.Option(5, help="Interleaved timing rounds."),
@@ -39,15 +43,17 @@ def compare_cmd(
     device: str = typer.Option("auto", help="Train on: auto (a GPU when there is one), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, help="Mixed-precision training, as in `edgeres train --amp`."),
 ) -> None:
-    """Train several variants on the same data and settings; compare accuracy, F1, AUCs, calibration, size, MACs,
-    training time and latency in one table (a rerun into the same --out reuses the trained variants)."""
+    """Train several variants on the same data and settings; compare accuracy, F1, AUCs, calibration (another
+    task: its own metrics, e.g. MSE, PSNR, SSIM), size, MACs, training time and latency in one table (a rerun into
+    the same --out reuses the trained variants)."""
     from edgeres.compare import CompareConfig, LatencyConfig, compare_models
     from edgeres.compare.output import table_rows
     from edgeres.data import DataConfig
     from edgeres.ui import console, csv_values, float_values, print_table, progress_bar
 
     data_config = DataConfig(source=data, img_size=img_size, in_chans=in_chans, seed=seed, augment=augment,
-                             skip_bad=skip_bad, split=float_values(split, "--split") if split else None)
+                             skip_bad=skip_bad, split=float_values(split, "--split") if split else None,
+                             pairs=pairs, sigma=sigma)
     config = CompareConfig(
         models=csv_values(models, "--models"), out=str(out), data=data_config, epochs=epochs, batch_size=batch_size,
         lr=lr, optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,

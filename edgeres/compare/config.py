@@ -9,7 +9,8 @@ from edgeres.data import DataConfig
 from edgeres.errors import UserInputError
 from edgeres.train.config import TrainConfig, require_int
 
-# The task metrics the comparison table reports; a model's task must list them among its summary keys.
+# A classifier's metrics the comparison table reports beside PR AUC and calibration (from class probabilities).
+# A task that does not list them among its summary keys is compared on its own table columns instead.
 TASK_METRICS = ("accuracy", "macro_f1", "auc")
 
 
@@ -86,7 +87,7 @@ class CompareConfig:
 
 
 def check_models(models: tuple[str, ...]) -> None:
-    """Refuse unknown names (listing the known ones) and models whose task measures other things."""
+    """Refuse unknown names (listing the known ones) and models of different tasks, which share no metric."""
     from edgeres.models import list_models, model_task
     from edgeres.tasks import get_task
 
@@ -94,8 +95,17 @@ def check_models(models: tuple[str, ...]) -> None:
     unknown = [m for m in models if m not in known]
     if unknown:
         raise UserInputError(f"unknown model {', '.join(map(repr, unknown))}; known models: {', '.join(known)}")
-    for m in models:
-        task = get_task(model_task(m))
-        if not set(TASK_METRICS) <= set(task.summary_keys):
-            raise UserInputError(f"compare supports classification models; {m} is a {task.name} model "
-                                 f"(the table needs {', '.join(TASK_METRICS)} and class probabilities)")
+    tasks = {m: get_task(model_task(m)) for m in models}
+    for m, task in tasks.items():
+        if not (class_figures(task) or task.compare_columns):
+            raise UserInputError(f"compare supports classification models and tasks that name their comparison "
+                                 f"columns; {m} is a {task.name} model, which names none")
+    if len({t.name for t in tasks.values()}) > 1:
+        listed = ", ".join(f"{m} ({t.name})" for m, t in tasks.items())
+        raise UserInputError(f"compare needs models of one task, whose metrics share a table; got {listed}")
+
+
+def class_figures(task: Any) -> bool:
+    """Whether the table holds a classifier's figures (its TASK_METRICS, PR AUC, calibration, per-class recall);
+    otherwise it holds the task's own `table_columns`."""
+    return set(TASK_METRICS) <= set(task.summary_keys)

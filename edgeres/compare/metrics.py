@@ -1,4 +1,5 @@
-"""What the comparison adds to a classifier's task metrics: precision-recall AUC and calibration error."""
+"""What the comparison takes from a model's task metrics: for a classifier, its metrics plus precision-recall AUC
+and calibration error; for another task, the columns its own tables show."""
 from __future__ import annotations
 
 from typing import Any
@@ -44,3 +45,11 @@ def variant_metrics(task_metrics: dict[str, Any], labels: np.ndarray, probs: np.
             "macro_f1": task_metrics["macro_f1"], "roc_auc": task_metrics["auc"], "pr_auc": pr_auc(labels, probs),
             "ece": expected_calibration_error(labels, probs),
             "per_class_recall": {name: c["recall"] for name, c in task_metrics["per_class"].items()}}
+
+
+def task_figures(task: Any, task_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The comparison's figures of a model whose task is not a classifier's: the `compare_columns` of its
+    `table_columns` (header -> value), in that order, and its headline metric."""
+    columns = dict(task.table_columns(task_metrics))
+    return {"test_images": task_metrics.get("n"), "metrics": {h: columns[h] for h in task.compare_columns},
+            "headline": task.headline(task_metrics)}

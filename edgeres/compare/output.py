@@ -33,6 +33,13 @@ COLUMNS: list[tuple[str, str, float, str]] = [
     ("p50 ms", "p50_ms", 1.0, ".3f"),
 ]
 RECALL = (100.0, ".1f")  # per-class recall cells, in percent
+#: The columns every task's table ends with: size, cost, training time and latency.
+COST_COLUMNS = COLUMNS[5:]
+
+def task_cell(value: Any) -> str:
+    """A task's own column: two decimals from 1 up (PSNR 34.40), four significant digits below (SSIM 0.9512,
+    MSE 0.0003521)."""
+    return MISSING if value is None else format(value, ".2f" if abs(value) >= 1 else ".4g")
 
 
 def cell(value: Any, scale: float, spec: str) -> str:
@@ -40,11 +47,23 @@ def cell(value: Any, scale: float, spec: str) -> str:
 
 
 def table_rows(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """The comparison table: one row per variant."""
+    """The comparison table: one row per variant; a classifier's COLUMNS, or another task's own metric columns
+    (its `table_columns`, kept in each variant's "metrics") followed by the COST_COLUMNS."""
+    if not _classifiers(document):
+        names = list(document["variants"][0]["metrics"])
+        headers = ["model", *names] + [h for h, *_ in COST_COLUMNS]
+        rows = [[v["model"]] + [task_cell(v["metrics"].get(n)) for n in names]
+                + [cell(v.get(key), scale, spec) for _, key, scale, spec in COST_COLUMNS] for v in document["variants"]]
+        return headers, rows
     headers = ["model"] + [h for h, *_ in COLUMNS]
     rows = [[v["model"]] + [cell(v.get(key), scale, spec) for _, key, scale, spec in COLUMNS]
             for v in document["variants"]]
     return headers, rows
+
+
+def _classifiers(document: dict[str, Any]) -> bool:
+    """Whether `document` compares classifiers (compare.json files from before other tasks name no task)."""
+    return "headline" not in document
 
 
 def recall_rows(document: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -71,11 +90,13 @@ def write_outputs(document: dict[str, Any], out: str | Path) -> dict[str, Path]:
 def _blocks(document: dict[str, Any], images: list[Image]) -> list[Block]:
     s, data, lat = document["settings"], document["data"], document["latency"]
     contended = (lat.get("load") or {}).get("contended")
+    metrics = (f"ROC AUC and PR AUC are one-vs-rest, macro-averaged; ECE is the expected calibration error of the "
+               f"top-1 confidence over {document['ece_bins']} equal bins" if _classifiers(document)
+               else f"the {document['task']} task's own metrics")
     intro = (f"{len(document['variants'])} variants trained on {data['source']} at {data['img_size']} px with the "
              f"same split, seed {s['seed']} and settings ({s['epochs']} epochs, batch {s['batch_size']}, "
              f"lr {s['lr']:g}, {s['optimizer']}, {s['scheduler']}). Metrics on the test split "
-             f"({data['test_images']} images); ROC AUC and PR AUC are one-vs-rest, macro-averaged; ECE is the "
-             f"expected calibration error of the top-1 confidence over {document['ece_bins']} equal bins. "
+             f"({data['test_images']} images); {metrics}. "
              f"Latency: p50 of the PyTorch model at batch 1 on {lat['threads']} thread(s), "
              f"{lat['rounds']} interleaved rounds of {lat['runs_per_round']} calls per model.")
     blocks: list[Block] = [Heading(1, TITLE), Para(intro), Table("compare", *table_rows(document), 1)]
@@ -83,16 +104,23 @@ def _blocks(document: dict[str, Any], images: list[Image]) -> list[Block]:
         blocks.append(Para("Other processes competed for the cores while the models were timed; the latencies "
                            "compare fairly (the rounds were interleaved) but are slower than on a quiet machine.",
                            "warn"))
-    blocks += [Heading(2, "Per-class recall (%)"), Table("recall", *recall_rows(document), 1)]
+    if _classifiers(document):
+        blocks += [Heading(2, "Per-class recall (%)"), Table("recall", *recall_rows(document), 1)]
     if images:
         blocks += [Heading(2, "Plots"), *images]
     return blocks
 
 
 def write_plots(document: dict[str, Any], plots_dir: Path) -> list[tuple[str, Path]]:
-    """Accuracy against p50 latency, and per-class recall bars; (caption, path) pairs."""
+    """Accuracy against p50 latency, and per-class recall bars (another task: its headline against latency);
+    (caption, path) pairs."""
     variants = document["variants"]
     names = [v["model"] for v in variants]
+    if not _classifiers(document):
+        head = document["headline"]
+        return [(f"Test {head['header']} against p50 latency (batch 1)",
+                 plot_headline_latency(names, [v["p50_ms"] for v in variants], [v["headline"] * head["scale"] for v in variants],
+                                       head["header"], plots_dir / "headline_latency.png"))]
     return [
         ("Test accuracy against p50 latency (batch 1)",
          plot_accuracy_latency(names, [v["p50_ms"] for v in variants], [v["accuracy"] for v in variants],
@@ -120,6 +148,22 @@ def plot_accuracy_latency(names: Sequence[str], p50_ms: Sequence[float], accurac
     ax.set_title("Accuracy against latency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point or bar
+    return save_figure(fig, path)
+
+
+def plot_headline_latency(names: Sequence[str], p50_ms: Sequence[float], values: Sequence[float], label: str,
+                          path: Path) -> Path:
+    """One labelled point per model: a task's headline metric (in its own unit, unbounded) against latency."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (name, xi, yi) in enumerate(zip(names, p50_ms, values)):
+        ax.scatter([xi], [yi], s=50, color=f"C{k}", label=name, zorder=3)
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlim(0, float(max(p50_ms)) * 1.2)
+    ax.set_xlabel("p50 latency per image (ms, batch 1, PyTorch)")
+    ax.set_ylabel(f"test {label}")
+    ax.set_title(f"{label} against latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeres.artifacts import read_json, read_record, write_json
-from edgeres.compare.config import CompareConfig, LatencyConfig
-from edgeres.compare.metrics import ECE_BINS, variant_metrics
+from edgeres.compare.config import CompareConfig, LatencyConfig, class_figures
+from edgeres.compare.metrics import ECE_BINS, task_figures, variant_metrics
 from edgeres.errors import UserInputError
 
 log = logging.getLogger("edgeres")
@@ -53,6 +53,11 @@ def compare_models(config: CompareConfig, progress: Callable[[str], None] | None
         v["latency"] = latency[v["model"]]
         v["p50_ms"] = latency[v["model"]]["p50_ms"]
     first = next(iter(runners.values()))
+    task = get_task(first.meta.task)
+    # A classifier's document is as it always was; another task's names its task and headline for the report.
+    kind = {"ece_bins": ECE_BINS} if class_figures(task) else {
+        "task": task.name, "headline": {"key": task.metric, "header": task.report_columns[0],
+                                        "scale": task.headline_scale}}
     document = {
         "settings": config.settings(),
         "data": {"source": config.data.source, "img_size": config.data.img_size, "split": "test",
@@ -60,7 +65,7 @@ def compare_models(config: CompareConfig, progress: Callable[[str], None] | None
         "latency": {"backend": "torch", "device": first.info.device, "threads": first.info.threads, "batch_size": 1,
                     "rounds": config.latency.rounds, "runs_per_round": config.latency.runs,
                     "warmup": config.latency.warmup, "interleaved": True, "load": load},
-        "ece_bins": ECE_BINS,
+        **kind,
         "variants": variants,
     }
     write_outputs(document, out)
@@ -131,7 +136,11 @@ def evaluate_variant(runner, bundle: Any) -> dict[str, Any]:
     check_compatible(runner.meta, bundle)
     task = get_task(runner.meta.task)
     predictions = predict(runner, bundle, "test")
-    figures = variant_metrics(task.metrics(predictions, bundle.class_names), predictions.labels, predictions.probs)
+    metrics = task.metrics(predictions, bundle.class_names)
+    if class_figures(task):
+        figures = variant_metrics(metrics, predictions.labels, predictions.probs)
+    else:
+        figures = task_figures(task, metrics)
     return {**figures, "params": count_params(runner.model),
             "macs": count_macs(runner.model, runner.meta.input_shape), "checkpoint": str(runner.info.path)}
 

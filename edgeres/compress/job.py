@@ -197,7 +197,9 @@ def _finish(out: Path, meta, model, before: dict, bundle) -> dict[str, Any]:
     after = _figures(best, meta, (out / WEIGHTS_FILE).stat().st_size, metrics)
     stored = read_json(out / META_FILE)
     stored["compression"]["after"] = after
-    metric = get_task(meta.task).metric
-    stored["compression"][f"{metric}_drop_points"] = round((before["test"][metric] - after["test"][metric]) * 100, 3)
+    task = get_task(meta.task)
+    # In the task's delta unit: points of a fraction (x100), or dB of PSNR as it is.
+    stored["compression"][f"{task.metric}_drop_points"] = round(
+        (before["test"][task.metric] - after["test"][task.metric]) * task.headline_scale, 3)
     write_json(out / META_FILE, stored)
     return stored["compression"]

@@ -41,8 +41,9 @@ _BOOT_CHUNK = 4_000_000  # resampled indices held in memory at once (~16 MB of i
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
-    """Limits of the gate. Metric limits (accuracy, mAP, per-class recall or AP) are in percentage points; MB is
-    10**6 bytes. max_drop limits every metric the task gates; max_class_drop its per-class figure."""
+    """Limits of the gate. Metric limits are in each metric's `unit`: percentage points for fractions (accuracy,
+    mAP, per-class recall or AP, SSIM x100), dB for PSNR; MB is 10**6 bytes. max_drop limits every metric the task
+    gates; max_class_drop its per-class figure."""
 
     max_drop: float = 0.5
     max_class_drop: float | None = None
@@ -98,6 +99,7 @@ class MetricCheck:
     delta_ci_points: tuple[float, float]
     test: str | None = None
     p_value: float | None = None
+    unit: str = "points"  # of the change and its CI: points of a fraction, or the metric's own unit (PSNR: dB)
 
 
 @dataclasses.dataclass
@@ -167,8 +169,8 @@ def check(baseline: Any, candidate: Any, class_names: list[str], config: GateCon
     ev = task.gate_evidence(baseline, candidate, class_names)
     cis = ([(0.0, 0.0)] * len(ev.metrics) if ev.constant  # every resample of equal outcomes is zero
            else paired_bootstrap(ev.resample, ev.n, config.confidence, config.n_boot, config.seed))
-    metric_checks = [MetricCheck(m.key, m.name, m.baseline, m.candidate, m.delta_points, ci, m.test, m.p_value)
-                     for m, ci in zip(ev.metrics, cis)]
+    metric_checks = [MetricCheck(m.key, m.name, m.baseline, m.candidate, m.delta_points, ci, m.test, m.p_value,
+                                 m.unit) for m, ci in zip(ev.metrics, cis)]
     checks = [_metric_check(m, ci, config) for m, ci in zip(ev.metrics, cis)]
     if config.max_class_drop is not None:
         checks.append(_class_check(ev, config.max_class_drop))
@@ -259,13 +261,13 @@ def _metric_check(m: MetricDelta, ci: tuple[float, float], config: GateConfig) -
     drop, drop_lo, drop_hi = -m.delta_points, -ci[1], -ci[0]
     conf = f"{config.confidence:.0%}"
     test = f"; {m.test} p={m.p_value:.3g}" if m.p_value is not None else ""
-    measured = f"{_signed(m.delta_points)} points ({conf} CI {_signed(ci[0])} to {_signed(ci[1])}{test})"
+    measured = f"{_signed(m.delta_points)} {m.unit} ({conf} CI {_signed(ci[0])} to {_signed(ci[1])}{test})"
     passed = drop <= config.max_drop + _EPS
     detail = f", {m.detail}" if m.detail else ""
     reason = None if passed else (
-        f"{m.name} dropped {drop:.1f} points ({conf} CI {drop_lo:.1f} to {drop_hi:.1f}{test}{detail}) > allowed "
+        f"{m.name} dropped {drop:.1f} {m.unit} ({conf} CI {drop_lo:.1f} to {drop_hi:.1f}{test}{detail}) > allowed "
         f"{config.max_drop:g}")
-    return Check(f"{m.name} drop", f"drop <= {config.max_drop:g} points", measured, passed, reason)
+    return Check(f"{m.name} drop", f"drop <= {config.max_drop:g} {m.unit}", measured, passed, reason)
 
 
 def _class_check(ev: GateEvidence, max_class_drop: float) -> Check:
@@ -322,10 +324,10 @@ def _warnings(m: MetricCheck, n: int, config: GateConfig) -> list[str]:
     within = -delta <= config.max_drop + _EPS
     if within and lo < -config.max_drop - _EPS:
         out.append(f"the {config.confidence:.0%} CI of the {m.name} change ({_signed(lo)} to {_signed(hi)} "
-                   f"points) reaches past the allowed drop of {config.max_drop:g}: these {n} test images cannot "
+                   f"{m.unit}) reaches past the allowed drop of {config.max_drop:g}: these {n} test images cannot "
                    "rule out a larger regression")
     if within and delta < 0 and m.p_value is not None and m.p_value < 1 - config.confidence:
-        out.append(f"the drop of {-delta:.2f} points is within the limit but statistically significant "
+        out.append(f"the drop of {-delta:.2f} {m.unit} is within the limit but statistically significant "
                    f"({m.test} p={m.p_value:.3g})")
     return out
 

@@ -17,6 +17,7 @@ from typing import Any
 
 _EXPORTS = {
     "Agreement": "drift", "DriftResult": "drift", "ImageDrift": "drift", "explanation_drift": "drift",
+    "explanation_drifts": "drift",
     "saliency_agreement": "drift",
     "ExplainConfig": "explainer", "Explainer": "explainer", "Explanation": "explainer", "explain_images": "explainer",
     "Target": "targets", "gradcam_map": "saliency", "occlusion_map": "saliency", "gradcam_panel": "panel",

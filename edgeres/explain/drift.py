@@ -111,20 +111,33 @@ def explanation_drift(baseline: str | Path, candidate: str | Path, images: Any =
     n: at most this many images (the first, in order).
     window, stride: occlusion's patch and step in input pixels (default: relative to the input size).
     """
+    return explanation_drifts(baseline, [candidate], images, n, window, stride, data, batch_size)[0]
+
+
+def explanation_drifts(baseline: str | Path, candidates: Sequence[str | Path], images: Any = None,
+                       n: int = DEFAULT_IMAGES, window: int | None = None, stride: int | None = None,
+                       data: str | None = None, batch_size: int = 64) -> list[DriftResult]:
+    """`explanation_drift` of several candidates against one baseline, whose maps are computed once."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserInputError(f"n (images to compare) must be a positive integer, got {n!r}")
     base = Explainer(baseline, "occlusion", window, stride, batch_size=batch_size)
-    cand = Explainer(candidate, "occlusion", batch_size=batch_size)
-    if tuple(cand.meta.input_shape) != tuple(base.meta.input_shape):
-        raise UserInputError(f"{candidate} takes inputs of shape {cand.meta.input_shape} but {baseline} takes "
-                             f"{base.meta.input_shape}; explanation drift compares two artifacts of one model")
-    cand.window, cand.stride = base.window, base.stride  # one set of windows, or the maps would not compare
-    per_image = []
+    reference = []  # (name, input, target, the baseline's map) per image
     for name, x in _inputs(base, images, n, data):
         target = base.choose(x)
-        agreement = saliency_agreement(base.explain(x, target).saliency, cand.explain(x, target).saliency)
-        per_image.append(ImageDrift(name, target.class_id, agreement.rank_correlation, agreement.top_iou))
-    return DriftResult(str(baseline), str(candidate), base.window, base.stride, per_image)
+        reference.append((name, x, target, base.explain(x, target).saliency))
+    results = []
+    for candidate in candidates:
+        cand = Explainer(candidate, "occlusion", batch_size=batch_size)
+        if tuple(cand.meta.input_shape) != tuple(base.meta.input_shape):
+            raise UserInputError(f"{candidate} takes inputs of shape {cand.meta.input_shape} but {baseline} takes "
+                                 f"{base.meta.input_shape}; explanation drift compares two artifacts of one model")
+        cand.window, cand.stride = base.window, base.stride  # one set of windows, or the maps would not compare
+        per_image = []
+        for name, x, target, base_map in reference:
+            agreement = saliency_agreement(base_map, cand.explain(x, target).saliency)
+            per_image.append(ImageDrift(name, target.class_id, agreement.rank_correlation, agreement.top_iou))
+        results.append(DriftResult(str(baseline), str(candidate), base.window, base.stride, per_image))
+    return results
 
 
 def _inputs(base: Explainer, images: Any, n: int, data: str | None) -> list[tuple[str, np.ndarray]]:

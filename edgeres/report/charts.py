@@ -57,10 +57,11 @@ def slug(name: str) -> str:
 
 
 def plot_tradeoff(names: Sequence[str], cost: Sequence[float], acc: Sequence[float], groups: Sequence[str],
-                  path: str | Path, xlabel: str, title: str, ylabel: str = "accuracy (%)") -> Path:
-    """A metric (a fraction, drawn in %) against a cost (latency or size), one colour per group, the Pareto front
-    drawn as steps."""
-    cost_a, acc_a = np.asarray(cost, float), 100.0 * np.asarray(acc, float)
+                  path: str | Path, xlabel: str, title: str, ylabel: str = "accuracy (%)", scale: float = 100.0,
+                  top: float | None = 100.0) -> Path:
+    """A metric (drawn as value x `scale`: a fraction in %) against a cost (latency or size), one colour per group,
+    the Pareto front drawn as steps; the metric's axis stops at `top` (None: a metric without a ceiling, e.g. dB)."""
+    cost_a, acc_a = np.asarray(cost, float), scale * np.asarray(acc, float)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     # The axis stops at 100%, so a point there sits on the frame: drawn unclipped to stay whole.
     for k, group in enumerate(sorted(set(groups))):
@@ -74,7 +75,8 @@ def plot_tradeoff(names: Sequence[str], cost: Sequence[float], acc: Sequence[flo
     if cost_a.min() > 0 and cost_a.max() / cost_a.min() > _LOG_SPREAD:
         ax.set_xscale("log")
         plain_log_axis(ax.xaxis)
-    fit_bounded_axis(ax, acc_a, top=100.0)
+    if top is not None:
+        fit_bounded_axis(ax, acc_a, top=top)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -113,7 +115,9 @@ def write_charts(artifacts: list[dict[str, Any]], plots_dir: str | Path,
     plots_dir = Path(plots_dir)
     if task is None:
         task = get_task(str(artifacts[0].get("task") or DEFAULT_TASK) if artifacts else DEFAULT_TASK)
-    label = task.report_columns[0].replace(" %", "")
+    label = task.report_columns[0].replace(f" {task.headline_unit}", "")
+    axis = dict(ylabel=f"{label} ({task.headline_unit})", scale=task.headline_scale,
+                top=100.0 if task.headline_unit == "%" else None)
     title = label[:1].upper() + label[1:]
     names = [a["name"] for a in artifacts]
     out: list[tuple[str, Path]] = []
@@ -124,13 +128,13 @@ def write_charts(artifacts: list[dict[str, Any]], plots_dir: str | Path,
         out.append((f"{title} vs p50 latency per image", plot_tradeoff(
             [names[i] for i in idx], [p for _, p in timed], [headline(artifacts[i], task) for i in idx],
             [_group(artifacts[i]) for i in idx], plots_dir / "accuracy_latency.png",
-            "p50 engine latency per image (ms)", f"{title} vs latency", f"{label} (%)")))
+            "p50 engine latency per image (ms)", f"{title} vs latency", **axis)))
     sized = [i for i, a in enumerate(artifacts) if a.get("size_bytes") is not None and headline(a, task) is not None]
     if sized:
         out.append((f"{title} vs size", plot_tradeoff(
             [names[i] for i in sized], [artifacts[i]["size_bytes"] / 1e6 for i in sized],
             [headline(artifacts[i], task) for i in sized], [_group(artifacts[i]) for i in sized],
-            plots_dir / "accuracy_size.png", "size (MB)", f"{title} vs size", f"{label} (%)")))
+            plots_dir / "accuracy_size.png", "size (MB)", f"{title} vs size", **axis)))
     sampled = [i for i, a in enumerate(artifacts) if (engine_latency(a) or {}).get("samples_ms")]
     if sampled:
         out.append(("Latency distributions", plot_latency_distributions(

@@ -98,7 +98,7 @@ def explanation_blocks(explanations: dict[str, Any], out_dir: Path) -> list[Bloc
             f"artifact against the baseline's, on the same {len(first['images'])} test images, the baseline's "
             "predicted class as the target of both. Rank correlation 1 and top-20% IoU 1 mean the same evidence; a "
             "model with random weights scores near 0. Drift is 1 - the mean rank correlation "
-            "(`edgeres check --max-explanation-drift` limits it)."))
+            "(edgeres check --max-explanation-drift limits it)."))
         rows = [[d["name"], f"{1 - d['rank_correlation_mean']:.3f}", f"{d['rank_correlation_mean']:.3f}",
                  f"{d['rank_correlation_min']:.3f}", f"{d['top_iou_mean']:.3f}", f"{d['top_iou_min']:.3f}"]
                 for d in drift]

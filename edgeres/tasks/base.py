@@ -42,6 +42,9 @@ class MetricDelta:
     test: str | None = None  # a paired significance test reported beside the bootstrap, e.g. "McNemar"
     p_value: float | None = None
     detail: str | None = None  # what a failure reason adds, e.g. "20 images newly wrong, 0 newly right"
+    #: The unit of delta_points (and of the gate's max_drop for it). "points": values are fractions shown in
+    #: percent; any other unit (e.g. "dB"): values are shown as they are, in that unit.
+    unit: str = "points"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,14 @@ class Task(abc.ABC):
     summary_keys: ClassVar[tuple[str, ...]]
     #: Report summary headers: the headline metric in percent, and its change from the baseline in points.
     report_columns: ClassVar[tuple[str, str]]
+    #: How the report shows the headline: value x scale, in `headline_unit` (what a chart's axis names), and
+    #: its changes in `delta_unit`. A fraction shows in percent and changes in points; PSNR in dB both ways.
+    headline_scale: ClassVar[float] = 100.0
+    headline_unit: ClassVar[str] = "%"
+    delta_unit: ClassVar[str] = "points"
+    #: Headers of `table_columns` that `edgeres compare` tabulates for this task's models. Empty: compare gives it
+    #: no table of its own (a classifier's table is compare's, with PR AUC and calibration from its probabilities).
+    compare_columns: ClassVar[tuple[str, ...]] = ()
 
     # --- data and model ---
     @abc.abstractmethod
@@ -163,6 +174,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def draw(self, image: "PIL.Image.Image", prediction: dict[str, Any]) -> "PIL.Image.Image":
         """A copy of `image` with `prediction` drawn on it."""
+
+    def predicted_image(self, image: "PIL.Image.Image",
+                        prediction: dict[str, Any]) -> tuple["PIL.Image.Image", dict[str, Any]]:
+        """What `edgeres predict` writes for one image: the picture (by default `image` with the prediction drawn
+        on it) and the prediction's JSON record (by default the prediction itself)."""
+        return self.draw(image, prediction), prediction
 
     # --- export validation ---
     @abc.abstractmethod

@@ -32,6 +32,8 @@ class ImageToImage(Task):
     metric = "psnr"
     summary_keys = ("psnr", "ssim", "psnr_gain", "input_psnr", "mse")
     report_columns = ("PSNR dB", "Δ PSNR (dB)")
+    headline_scale, headline_unit, delta_unit = 1.0, "dB", "dB"
+    compare_columns = ("MSE", "PSNR dB", "SSIM", "gain dB")
 
     def __init__(self, loss: str = "mse") -> None:
         if loss not in LOSSES:
@@ -113,6 +115,10 @@ class ImageToImage(Task):
     def draw(self, image: Any, prediction: dict[str, Any]) -> Any:
         return image2image_predict.draw(image, prediction)
 
+    def predicted_image(self, image: Any, prediction: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The restored image itself at the input's size; the JSON keeps its statistics, not its pixels."""
+        return image2image_predict.output_image(image, prediction)
+
     def deploy_fields(self, output_names: list[str]) -> dict[str, Any]:
         return {"input": {"resize": "resize"}, "postprocess": {"output": IMAGE, "range": [0.0, 1.0]}}
 
@@ -128,7 +134,7 @@ class ImageToImage(Task):
 
     def gate_evidence(self, baseline: ImagePredictions, candidate: ImagePredictions,
                       class_names: list[str]) -> GateEvidence:
-        """Mean PSNR change in dB (the gate's "points" here) and SSIM change in points (x100), per image paired."""
+        """Mean PSNR change in dB (its MetricDelta unit) and SSIM change in points (x100), per image paired."""
         _check_paired(baseline, candidate)
         psnr_b, psnr_c = per_image_psnr(baseline.outputs, baseline.targets), per_image_psnr(candidate.outputs,
                                                                                          candidate.targets)
@@ -137,7 +143,7 @@ class ImageToImage(Task):
         diffs = np.stack([psnr_c - psnr_b, 100.0 * (ssim_c - ssim_b)], axis=1)  # (n, 2)
         n = len(diffs)
         metrics = [MetricDelta("psnr", "PSNR (dB)", float(psnr_b.mean()), float(psnr_c.mean()),
-                               float(diffs[:, 0].mean()), detail=_detail(psnr_b, psnr_c)),
+                               float(diffs[:, 0].mean()), detail=_detail(psnr_b, psnr_c), unit="dB"),
                    MetricDelta("ssim", "SSIM", float(ssim_b.mean()), float(ssim_c.mean()), float(diffs[:, 1].mean()))]
         return GateEvidence(n, metrics, lambda idx: diffs[idx].mean(axis=1), [], "PSNR (dB)", "images",
                             constant=np.array_equal(baseline.outputs, candidate.outputs))

@@ -61,6 +61,13 @@ def draw(image: Image.Image, prediction: dict[str, Any]) -> Image.Image:
     return canvas
 
 
+def output_image(image: Image.Image, prediction: dict[str, Any]) -> tuple[Image.Image, dict[str, Any]]:
+    """The restored picture enlarged (or shrunk) back to `image`'s size, and `prediction` without its pixels."""
+    result = restored(prediction)
+    record = {k: v for k, v in prediction.items() if k != "png_base64"}
+    return result.resize(image.size, Image.BICUBIC), {**record, "model_size": list(result.size)}
+
+
 def example_grid(inputs: np.ndarray, outputs: np.ndarray, targets: np.ndarray, path: Path) -> Path:
     """A PNG with one row per image: input | output | target, each tile EXAMPLE_SIDE pixels."""
     rows = len(inputs)

@@ -41,6 +41,10 @@ def load_pair_data(config: Any, kind: str | None = None, sigma: float = 0.1) -> 
 def _synthetic(config: Any, degradation: Degradation) -> PairBundle:
     if config.source in BUILTIN_SOURCES:
         clean = BUILTIN_SOURCES[config.source](config)
+        if config.classes is not None:  # e.g. only some digits: fewer images, as for a classifier
+            from edgeres.data.subset import ClassSubset
+
+            clean = ClassSubset(clean, config.classes)
         indices = stratified_split(clean.labels, clean.class_names, config.split or clean.default_split, config.seed,
                                    hint=f" for {config.source}")
         in_chans, hflip = clean.in_chans, clean.default_hflip
