@@ -39,8 +39,9 @@ class DataStage(_Strict):
 _DEVICE = r"^(auto|cpu|cuda(:\d+)?)$"  # as edgeres.train.device checks it, without importing torch here
 
 
-class TrainStage(_Strict):
-    model: str
+class _Training(_Strict):
+    """How a model trains: the train stage's settings, and every compared variant's alike."""
+
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -48,10 +49,14 @@ class TrainStage(_Strict):
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
     patience: int = Field(0, ge=0)
     balance: Literal["none", "loss", "sampler"] = "none"
-    weights: Optional[str] = None
     freeze: Optional[str] = None
     device: str = Field("auto", pattern=_DEVICE)
     amp: Union[Literal["auto"], bool] = False  # mixed precision (edgeres.train.device); auto: only where native
+
+
+class TrainStage(_Training):
+    model: str
+    weights: Optional[str] = None
 
 
 class PruneStage(_Strict):
@@ -123,23 +128,13 @@ class ReportStage(_Strict):
     pass
 
 
-class CompareStage(_Strict):
+class CompareStage(_Training):
     """Variants trained alike and measured alike (`edgeres compare`); `data:` defaults to the recipe's."""
 
     models: list[str] = Field(min_length=1)
     data: Optional[DataStage] = None
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    patience: int = Field(0, ge=0)
-    balance: Literal["none", "loss", "sampler"] = "none"
     weights: dict[str, str] = {}    # variant name -> local weight file
     transfer: list[str] = []        # variants that start from `edgeres run --weights FILE` when it is given
-    freeze: Optional[str] = None
-    device: str = Field("auto", pattern=_DEVICE)
-    amp: Union[Literal["auto"], bool] = False
     threads: Optional[int] = Field(None, ge=1)  # torch's CPU threads, training and timing (default: torch's)
     rounds: int = Field(5, ge=1)
     runs: int = Field(20, ge=1)
