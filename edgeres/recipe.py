@@ -193,7 +193,7 @@ def with_overrides(recipe: Recipe, data: str | None = None, weights: str | None 
         raise UserInputError("--classes picks class folders of the data given with --data; give --data too")
     if data is not None:
         def moved(stage: DataStage) -> DataStage:
-            return stage.model_copy(update={"source": data, "classes": classes})
+            return stage.model_copy(update={"source": data, "classes": None if classes is None else list(classes)})
 
         if recipe.data is not None:
             update["data"] = moved(recipe.data)

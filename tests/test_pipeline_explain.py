@@ -1,6 +1,7 @@
 """A recipe's explain stage (Grad-CAM panel, explanation drift per artifact), the drift gate condition, the
 report's evaluation and explanation sections, and `edgeres run --data/--weights`."""
 import logging
+import warnings
 
 import pytest
 
@@ -70,8 +71,11 @@ def test_overrides_move_every_data_stage_and_start_from_weights(tmp_path):
     assert moved.data.classes is None and moved.compare.data.classes is None  # made for the built-in data
     assert moved.train.weights == "w.safetensors" and moved.train.freeze == "layer2"
     assert recipe.data.source == "shapes"  # the loaded recipe is not changed
-    picked = with_overrides(recipe, data="/some/folder", classes=["a", "b"])
+    picked = with_overrides(recipe, data="/some/folder", classes=("a", "b"))  # as the CLI parses them
     assert picked.data.classes == picked.compare.data.classes == ["a", "b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warns when a field holds another type than declared
+        picked.model_dump()
     with pytest.raises(UserInputError, match="--data"):
         with_overrides(recipe, classes=["a", "b"])
     only_compare = load_recipe(_write(tmp_path, {"name": "c", "data": RECIPE["data"],
