@@ -6,7 +6,6 @@ import os
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from edgeres.data.builtin import BUILTIN_SOURCES
@@ -112,12 +111,7 @@ class DataBundle(SplitBundle):
 
     def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Un-augmented float32 NCHW batches and their labels, in dataset order; at most `limit` images."""
-        self._check_batch_size(batch_size)
-        ds = self.dataset(split, augment=False)
-        n = len(ds) if limit is None else min(limit, len(ds))
-        for start in range(0, n, batch_size):
-            items = [ds[i] for i in range(start, min(start + batch_size, n))]
-            yield (torch.stack([x for x, _ in items]).numpy(), np.asarray([y for _, y in items], dtype=np.int64))
+        return self._stacked_batches(split, batch_size, limit, lambda ys: np.asarray(ys, dtype=np.int64))
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

@@ -136,3 +136,14 @@ class SplitBundle:
     def _check_batch_size(batch_size: int) -> None:
         if batch_size < 1:
             raise UserInputError(f"batch_size must be positive, got {batch_size}")
+
+    def _stacked_batches(self, split: str, batch_size: int, limit: int | None,
+                         stack_labels: Any) -> Any:
+        """Un-augmented float32 NCHW batches of `split` in dataset order, at most `limit` images, each with its
+        items' labels joined by `stack_labels` (a list of labels -> one array)."""
+        self._check_batch_size(batch_size)
+        ds = self.dataset(split, augment=False)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        for start in range(0, n, batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, n))]
+            yield torch.stack([x for x, _ in items]).numpy(), stack_labels([y for _, y in items])

@@ -93,9 +93,4 @@ class PairBundle(SplitBundle):
 
     def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Un-augmented float32 inputs (N, C, H, W) and labels (N, 2, C, H, W) = [target, input], in order."""
-        self._check_batch_size(batch_size)
-        ds = self.dataset(split, augment=False)
-        n = len(ds) if limit is None else min(limit, len(ds))
-        for start in range(0, n, batch_size):
-            items = [ds[i] for i in range(start, min(start + batch_size, n))]
-            yield torch.stack([x for x, _ in items]).numpy(), torch.stack([y for _, y in items]).numpy()
+        return self._stacked_batches(split, batch_size, limit, lambda ys: torch.stack(ys).numpy())
