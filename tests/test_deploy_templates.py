@@ -334,7 +334,7 @@ def test_selftest_passes_and_names_a_changed_model_file(kind, cls_bundle, det_bu
     bundle = shutil.copytree(cls_bundle if kind == "cls" else det_bundle, tmp_path / "device")
     done = run_infer(bundle, "--selftest")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "selftest passed" in done.stdout and ("cosine_mean" if kind == "cls" else "mean_iou") in done.stdout
+    assert "selftest passed" in done.stdout and ("logit_cosine" if kind == "cls" else "mean_iou") in done.stdout
     model = bundle / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -357,7 +357,7 @@ def test_selftest_fails_when_the_device_computes_something_else(cls_bundle, tmp_
              for line in (bundle / "SHA256SUMS").read_text().splitlines()]
     (bundle / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     done = run_infer(bundle, "--selftest")
-    assert done.returncode == 1 and "top-1 agreement" in done.stdout and "mean cosine" in done.stdout, done.stdout
+    assert done.returncode == 1 and "top-1 agreement" in done.stdout and "logit cosine" in done.stdout, done.stdout
 
 
 def test_bad_input_exits_2_with_one_line(cls_bundle, photos, tmp_path):
