@@ -15,7 +15,7 @@ from edgeres.explain.commands import register as register_explain_commands
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
 from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
-from edgeres.ui import console, csv_values, fail, int_values, print_table, progress_bar, setup_logging
+from edgeres.ui import console, csv_values, fail, float_values, int_values, print_table, progress_bar, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, compress, export and measure ResNet-family models for edge devices.")
@@ -84,6 +84,15 @@ def train_cmd(
     scheduler: str = typer.Option("cosine", help="cosine, plateau or none."),
     patience: int = typer.Option(0, help="Early stop after this many epochs without val-loss gain (0: off)."),
     balance: str = typer.Option("none", help="Class imbalance: none, loss (weighted) or sampler."),
+    betas: Optional[str] = typer.Option(None, help="Adam/AdamW moment decay rates, e.g. 0.5,0.999 as pix2pix "
+                                                   "trains (default: torch's 0.9,0.999)."),
+    loss: str = typer.Option("mse", help="Image-to-image pixel loss: mse or l1."),
+    perceptual: float = typer.Option(0.0, help="Image-to-image: weight of a VGG-16 feature (perceptual) loss term; "
+                                               "needs --perceptual-weights."),
+    perceptual_weights: Optional[Path] = typer.Option(None, help="torchvision's VGG-16 weight file "
+                                                                 "(vgg16-397923af.pth) for --perceptual."),
+    adversarial: float = typer.Option(0.0, help="Image-to-image: weight of a pix2pix patch-discriminator loss "
+                                                "term (0: no discriminator)."),
     weights: Optional[Path] = typer.Option(None, help="Local weights to start from (torchvision/timm/edgeres)."),
     freeze: Optional[str] = typer.Option(None, help="Freeze stages up to and including this one, e.g. layer3."),
     in_chans: Optional[int] = typer.Option(None, help="Input channels (default: the data's own)."),
@@ -101,8 +110,10 @@ def train_cmd(
     device: str = typer.Option("auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, help="Mixed precision: bf16 or fp16 on a GPU, bf16 on a CPU with native bf16."),
 ) -> None:
-    """Train a classifier or a detector (the model decides); the best checkpoint and its test metrics go to --out."""
+    """Train a classifier, a detector or an image-to-image model (the model decides); the best checkpoint and its
+    test metrics go to --out."""
     from edgeres.data import DataConfig
+    from edgeres.tasks import LossConfig
     from edgeres.train.config import TrainConfig
     from edgeres.train.loop import train
 
@@ -110,7 +121,10 @@ def train_cmd(
                           augment=augment, skip_bad=skip_bad, classes=csv_values(classes, "--classes") if classes else None,
                           pairs=pairs, sigma=sigma)
     cfg = TrainConfig(model=model, data=data_cfg, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
-                      optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
+                      optimizer=optimizer, betas=float_values(betas, "--betas") if betas else None,
+                      scheduler=scheduler, patience=patience, balance=balance,
+                      loss=LossConfig(pixel=loss, perceptual=perceptual, adversarial=adversarial,
+                                      perceptual_weights=str(perceptual_weights) if perceptual_weights else None),
                       weights=str(weights) if weights else None, freeze=freeze, seed=seed, threads=threads,
                       resume=resume, device=device, amp=amp)
     result = train(cfg)
@@ -174,21 +188,26 @@ def fid_cmd(
                                                                  "(weights-inception-2015-12-05-6726825d.pth)."),
     fid_features: Optional[Path] = typer.Option(None, help="Or: an edgeres classification checkpoint whose pooled "
                                                            "features stand in (not comparable with published FID)."),
+    lpips_weights: Optional[Path] = typer.Option(None, help="LPIPS too (or alone): torchvision's backbone file, "
+                                                            "alexnet-owt-7be5be79.pth, vgg16-397923af.pth or "
+                                                            "squeezenet1_1-b8a52dc0.pth."),
     data: Optional[str] = typer.Option(None, help="Data to score on (default: what the model was trained on)."),
     split: str = typer.Option("test", help="Split to score."),
     kid_subset_size: int = typer.Option(1000, help="KID subset size (smaller test sets use all their images)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the scores as JSON here."),
 ) -> None:
-    """FID and KID of an image-to-image model's outputs (and, for scale, its inputs) against the targets."""
+    """FID and KID (given --inception-weights or --fid-features) and LPIPS (given --lpips-weights; lower is
+    nearer) of an image-to-image model's outputs (and, for scale, its inputs) against the targets."""
     from edgeres.artifacts import write_json
-    from edgeres.tasks.image2image_fid import feature_network, score_artifact
+    from edgeres.tasks.image2image_fid import score_artifact, scoring_networks
 
-    network = feature_network(inception_weights, fid_features)
-    scores = score_artifact(path, network, data=data, split=split, kid_subset_size=kid_subset_size)
-    rows = [(name, s["fid"], s["kid_mean"], s["kid_std"], s["kid_subset_size"], s["images"])
-            for name, s in (("output", scores["output"]), ("input", scores["input"]))]
-    print_table(f"{path} on {split}: {network.label}", ["images vs targets", "FID", "KID", "KID std",
-                                                         "KID subset", "images"], rows)
+    network, lpips = scoring_networks(inception_weights, fid_features, lpips_weights)
+    scores = score_artifact(path, network, data=data, split=split, kid_subset_size=kid_subset_size, lpips=lpips)
+    columns = ([("FID", "fid"), ("KID", "kid_mean"), ("KID std", "kid_std"), ("KID subset", "kid_subset_size")]
+               if network else []) + ([("LPIPS", "lpips")] if lpips else []) + [("images", "images")]
+    rows = [(name, *[scores[name][key] for _, key in columns]) for name in ("output", "input")]
+    labels = "; ".join(n.label for n in (network, lpips) if n is not None)
+    print_table(f"{path} on {split}: {labels}", ["images vs targets", *[h for h, _ in columns]], rows)
     if json_out:
         write_json(json_out, scores)
 

@@ -126,10 +126,8 @@ def _stage_train(run: _Run, resume: bool) -> None:
         log.warning("train: no weights given (--weights FILE), so freeze: %s is not applied; every layer trains",
                     freeze)
         freeze = None
-    train(TrainConfig(model=t.model, data=run.data_config(), out=str(run.dirs["train"]), epochs=t.epochs,
-                      batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, scheduler=t.scheduler,
-                      patience=t.patience, balance=t.balance, weights=t.weights, freeze=freeze,
-                      seed=run.recipe.seed, resume=resume, device=t.device, amp=t.amp))
+    train(TrainConfig(model=t.model, data=run.data_config(), out=str(run.dirs["train"]), weights=t.weights,
+                      seed=run.recipe.seed, resume=resume, **{**t.training_settings(), "freeze": freeze}))
 
 
 def _stage_prune(run: _Run, resume: bool) -> None:
@@ -224,17 +222,16 @@ def _stage_check(run: _Run, resume: bool) -> None:
 
 
 def _stage_compare(run: _Run, resume: bool) -> None:
-    from edgeres.compare import CompareConfig, LatencyConfig, compare_models
+    from edgeres.compare import CompareConfig, ImageScoring, LatencyConfig, compare_models
     from edgeres.data import DataConfig
 
     c = run.recipe.compare
     data = c.data or run.recipe.data
     compare_models(CompareConfig(models=tuple(c.models), data=DataConfig(**data.model_dump()),
-                                 out=str(run.dirs["compare"]), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                                 optimizer=c.optimizer, scheduler=c.scheduler, patience=c.patience,
-                                 balance=c.balance, weights=c.weights, freeze=c.freeze, seed=run.recipe.seed,
-                                 device=c.device, amp=c.amp, threads=c.threads,
-                                 latency=LatencyConfig(rounds=c.rounds, runs=c.runs)))
+                                 out=str(run.dirs["compare"]), weights=c.weights, seed=run.recipe.seed,
+                                 threads=c.threads, **c.training_settings(),
+                                 latency=LatencyConfig(rounds=c.rounds, runs=c.runs),
+                                 scoring=ImageScoring(c.lpips_weights, c.inception_weights, c.fid_features)))
 
 
 def _stage_explain(run: _Run, resume: bool) -> None:

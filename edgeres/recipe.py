@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeres.artifacts import read_user_document
 from edgeres.errors import UserInputError
+from edgeres.tasks.base import LossConfig
 from edgeres.yamlfile import key_mark, parse_yaml
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -52,6 +53,31 @@ class _Training(_Strict):
     freeze: Optional[str] = None
     device: str = Field("auto", pattern=_DEVICE)
     amp: Union[Literal["auto"], bool] = False  # mixed precision (edgeres.train.device); auto: only where native
+    betas: Optional[tuple[float, float]] = None  # adam/adamw moment decay, e.g. [0.5, 0.999] (default torch's)
+    # Image-to-image: the pixel loss, a VGG-16 perceptual term (local weight file) and a patch-discriminator term.
+    loss: Literal["mse", "l1"] = "mse"
+    perceptual: float = Field(0.0, ge=0)
+    perceptual_weights: Optional[str] = None
+    adversarial: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _loss_is_complete(self) -> "_Training":
+        try:
+            self.loss_config()
+        except UserInputError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def loss_config(self) -> LossConfig:
+        return LossConfig(pixel=self.loss, perceptual=self.perceptual, perceptual_weights=self.perceptual_weights,
+                          adversarial=self.adversarial)
+
+    def training_settings(self) -> dict[str, Any]:
+        """These settings as TrainConfig (and CompareConfig) fields."""
+        settings = self.model_dump(include=set(_Training.model_fields))
+        for key in ("perceptual", "perceptual_weights", "adversarial"):
+            settings.pop(key)
+        return {**settings, "loss": self.loss_config()}
 
 
 class TrainStage(_Training):
@@ -138,6 +164,10 @@ class CompareStage(_Training):
     threads: Optional[int] = Field(None, ge=1)  # torch's CPU threads, training and timing (default: torch's)
     rounds: int = Field(5, ge=1)
     runs: int = Field(20, ge=1)
+    # Image-to-image: LPIPS, FID and KID columns from local weight files (edgeres.compare.config.ImageScoring)
+    lpips_weights: Optional[str] = None      # torchvision's alexnet / vgg16 / squeezenet1_1 file
+    inception_weights: Optional[str] = None  # torch-fidelity's Inception-v3 file
+    fid_features: Optional[str] = None       # or an edgeres classification checkpoint's features
 
     @model_validator(mode="after")
     def _transfer_names_compared_models(self) -> "CompareStage":

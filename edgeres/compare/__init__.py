@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 # Loaded on first use: the CLI imports this package to register the command, and run.py imports torch.
-_EXPORTS = {"CompareConfig": "config", "LatencyConfig": "config", "compare_models": "run"}
+_EXPORTS = {"CompareConfig": "config", "ImageScoring": "config", "LatencyConfig": "config", "compare_models": "run"}
 
 __all__ = sorted(_EXPORTS)
 

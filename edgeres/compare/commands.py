@@ -24,6 +24,15 @@ def compare_cmd(
     scheduler: str = typer.Option("cosine", help="cosine, plateau or none."),
     patience: int = typer.Option(0, help="Early stop after this many epochs without val-loss gain (0: off)."),
     balance: str = typer.Option("none", help="Class imbalance: none, loss (weighted) or sampler."),
+    betas: Optional[str] = typer.Option(None, help="Adam/AdamW moment decay rates, e.g. 0.5,0.999 "
+                                                   "(default: torch's 0.9,0.999)."),
+    loss: str = typer.Option("mse", help="Image-to-image pixel loss: mse or l1."),
+    perceptual: float = typer.Option(0.0, help="Image-to-image: weight of a VGG-16 feature loss term; needs "
+                                               "--perceptual-weights."),
+    perceptual_weights: Optional[Path] = typer.Option(None, help="torchvision's VGG-16 weight file "
+                                                                 "(vgg16-397923af.pth) for --perceptual."),
+    adversarial: float = typer.Option(0.0, help="Image-to-image: weight of a pix2pix patch-discriminator loss "
+                                                "term (0: no discriminator)."),
     weights: Optional[list[str]] = typer.Option(None, help="NAME=FILE: local weights variant NAME starts from "
                                                            "(repeat for several variants)."),
     freeze: Optional[str] = typer.Option(None, help="Freeze stages up to and including this one in every variant, "
@@ -42,13 +51,22 @@ def compare_cmd(
     runs: int = typer.Option(20, help="Timed calls per model per round."),
     device: str = typer.Option("auto", help="Train on: auto (a GPU when there is one), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, help="Mixed-precision training, as in `edgeres train --amp`."),
+    lpips_weights: Optional[Path] = typer.Option(None, help="Image-to-image: an LPIPS column, on torchvision's "
+                                                            "backbone file (alexnet-owt-7be5be79.pth, "
+                                                            "vgg16-397923af.pth or squeezenet1_1-b8a52dc0.pth)."),
+    inception_weights: Optional[Path] = typer.Option(None, help="Image-to-image: FID and KID columns on "
+                                                                "torch-fidelity's Inception-v3 file."),
+    fid_features: Optional[Path] = typer.Option(None, help="Image-to-image: or FID and KID on an edgeres classifier's "
+                                                           "features (not comparable with published FID)."),
 ) -> None:
     """Train several variants on the same data and settings; compare accuracy, F1, AUCs, calibration (another
     task: its own metrics, e.g. MSE, PSNR, SSIM), size, MACs, training time and latency in one table (a rerun into
-    the same --out reuses the trained variants)."""
-    from edgeres.compare import CompareConfig, LatencyConfig, compare_models
+    the same --out reuses the trained variants). Image-to-image variants gain LPIPS, FID and KID columns given
+    their weight files."""
+    from edgeres.compare import CompareConfig, ImageScoring, LatencyConfig, compare_models
     from edgeres.compare.output import table_rows
     from edgeres.data import DataConfig
+    from edgeres.tasks import LossConfig
     from edgeres.ui import console, csv_values, float_values, print_table, progress_bar
 
     data_config = DataConfig(source=data, img_size=img_size, in_chans=in_chans, seed=seed, augment=augment,
@@ -56,9 +74,13 @@ def compare_cmd(
                              pairs=pairs, sigma=sigma)
     config = CompareConfig(
         models=csv_values(models, "--models"), out=str(out), data=data_config, epochs=epochs, batch_size=batch_size,
-        lr=lr, optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
+        lr=lr, optimizer=optimizer, betas=float_values(betas, "--betas") if betas else None, scheduler=scheduler,
+        patience=patience, balance=balance,
+        loss=LossConfig(pixel=loss, perceptual=perceptual, adversarial=adversarial,
+                        perceptual_weights=str(perceptual_weights) if perceptual_weights else None),
         weights=named_files(weights or [], "--weights"), freeze=freeze, seed=seed, device=device, amp=amp,
-        threads=threads, latency=LatencyConfig(rounds=rounds, runs=runs))
+        threads=threads, latency=LatencyConfig(rounds=rounds, runs=runs),
+        scoring=ImageScoring(lpips_weights, inception_weights, fid_features))
     with progress_bar("comparing", total=None) as advance:
         document = compare_models(config, progress=lambda what: advance(0, now=what))
     print_table(f"comparison on {data} (test split, {document['data']['test_images']} images) -> {out}",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from edgeres.artifacts import write_json, write_text
+from edgeres.compare.metrics import IMAGE_COLUMNS
 from edgeres.plots import save_figure  # chooses the headless backend before pyplot loads
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -100,6 +101,8 @@ def _blocks(document: dict[str, Any], images: list[Image]) -> list[Block]:
              f"Latency: p50 of the PyTorch model at batch 1 on {lat['threads']} thread(s), "
              f"{lat['rounds']} interleaved rounds of {lat['runs_per_round']} calls per model.")
     blocks: list[Block] = [Heading(1, TITLE), Para(intro), Table("compare", *table_rows(document), 1)]
+    if document.get("image_scores"):
+        blocks.append(Para(image_scores_note(document["image_scores"])))
     if contended:
         blocks.append(Para("Other processes competed for the cores while the models were timed; the latencies "
                            "compare fairly (the rounds were interleaved) but are slower than on a quiet machine.",
@@ -109,6 +112,21 @@ def _blocks(document: dict[str, Any], images: list[Image]) -> list[Block]:
     if images:
         blocks += [Heading(2, "Plots"), *images]
     return blocks
+
+
+def image_scores_note(scores: dict[str, Any]) -> str:
+    """What the LPIPS, FID and KID columns were scored on, and the test inputs' own scores, for scale."""
+    inputs = scores["inputs"]
+    parts = []
+    if scores["lpips_network"]:
+        upsampled = inputs.get("lpips_upsampled_to")
+        parts.append(f"{scores['lpips_network']}: mean over the test images"
+                     + (f" (upsampled to {upsampled} px, which its backbone needs)" if upsampled else ""))
+    if scores["feature_network"]:
+        parts.append(f"FID and KID: {scores['feature_network']}")
+    own = ", ".join(f"{h} {task_cell(inputs[k])}" for h, k in IMAGE_COLUMNS if k in inputs)
+    return (f"{'; '.join(parts)}. Each scores a variant's outputs against the targets; lower is nearer. The test "
+            f"inputs themselves score {own}.")
 
 
 def write_plots(document: dict[str, Any], plots_dir: Path) -> list[tuple[str, Path]]:

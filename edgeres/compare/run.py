@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from edgeres.artifacts import read_json, read_record, write_json
 from edgeres.compare.config import CompareConfig, LatencyConfig, class_figures
-from edgeres.compare.metrics import ECE_BINS, task_figures, variant_metrics
+from edgeres.compare.metrics import ECE_BINS, ImageScorer, task_figures, variant_metrics
 from edgeres.errors import UserInputError
 
 log = logging.getLogger("edgeres")
@@ -36,6 +36,7 @@ def compare_models(config: CompareConfig, progress: Callable[[str], None] | None
 
     say = progress or (lambda what: None)
     out = Path(config.out)
+    scorer = ImageScorer(config.scoring) if config.scoring.given else None  # a wrong file exits 2 before training
     claim(out, config)
     # One bundle for every variant: the same images, split and preparation, opened once.
     bundle = get_task(model_task(config.models[0])).load_data(config.data)
@@ -46,7 +47,7 @@ def compare_models(config: CompareConfig, progress: Callable[[str], None] | None
     runners = {m: runtime.load(config.variant_dir(m), backend="torch", threads=config.threads)
                for m in config.models}
     say("evaluating")
-    variants = [{"model": m, **evaluate_variant(runners[m], bundle), **training[m]} for m in config.models]
+    variants = [{"model": m, **evaluate_variant(runners[m], bundle, scorer), **training[m]} for m in config.models]
     say("timing")
     latency, load = interleaved_latency(runners, config.latency)
     for v in variants:
@@ -66,6 +67,7 @@ def compare_models(config: CompareConfig, progress: Callable[[str], None] | None
                     "rounds": config.latency.rounds, "runs_per_round": config.latency.runs,
                     "warmup": config.latency.warmup, "interleaved": True, "load": load},
         **kind,
+        **({"image_scores": scorer.summary()} if scorer else {}),
         "variants": variants,
     }
     write_outputs(document, out)
@@ -127,8 +129,9 @@ def _check_same_training(config: CompareConfig, model: str) -> None:
                              "remove that folder or choose another --out")
 
 
-def evaluate_variant(runner, bundle: Any) -> dict[str, Any]:
-    """Test-split metrics, parameters and MACs of one trained model, through the torch Runner."""
+def evaluate_variant(runner, bundle: Any, scorer: ImageScorer | None = None) -> dict[str, Any]:
+    """Test-split metrics (with `scorer`'s LPIPS, FID and KID columns), parameters and MACs of one trained
+    model, through the torch Runner."""
     from edgeres.bench.profile import count_macs, count_params
     from edgeres.evaluate.predict import check_compatible, predict
     from edgeres.tasks import get_task
@@ -141,6 +144,10 @@ def evaluate_variant(runner, bundle: Any) -> dict[str, Any]:
         figures = variant_metrics(metrics, predictions.labels, predictions.probs)
     else:
         figures = task_figures(task, metrics)
+    if scorer is not None:
+        scored = scorer(predictions)
+        figures = {**figures, "metrics": {**figures["metrics"], **scored["metrics"]},
+                   "image_scores": scored["image_scores"]}
     return {**figures, "params": count_params(runner.model),
             "macs": count_macs(runner.model, runner.meta.input_shape), "checkpoint": str(runner.info.path)}
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from edgeres.errors import UserInputError
-from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Paired, Task
+from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, LossConfig, MetricDelta, Paired, Task
 from edgeres.tasks.classify import Classification
 from edgeres.tasks.detect import Detection
 from edgeres.tasks.image2image import ImageToImage
@@ -34,5 +34,5 @@ register_task(Classification())
 register_task(Detection())
 register_task(ImageToImage())
 
-__all__ = ["ClassDelta", "Criterion", "GateEvidence", "MetricDelta", "Paired", "Task", "get_task", "list_tasks",
-           "register_task"]
+__all__ = ["ClassDelta", "Criterion", "GateEvidence", "LossConfig", "MetricDelta", "Paired", "Task", "get_task",
+           "list_tasks", "register_task"]

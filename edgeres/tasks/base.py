@@ -13,12 +13,47 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
+from edgeres.errors import UserInputError
+
 if TYPE_CHECKING:
     import PIL.Image
     import torch
 
 #: criterion(outputs, targets, images) -> loss; distillation passes one that also asks a teacher.
 Criterion = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
+PIXEL_LOSSES = ("mse", "l1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Training-loss choices for a task that offers them (`Task.loss_options`; image-to-image): the pixel loss,
+    a perceptual term on VGG-16 features from a local weight file, a pix2pix patch-discriminator term."""
+
+    pixel: str = "mse"
+    perceptual: float = 0.0             # weight of the VGG-16 feature loss (0: off)
+    perceptual_weights: str | None = None  # torchvision's VGG-16 weight file (vgg16-397923af.pth) it needs
+    adversarial: float = 0.0            # weight of the generator's adversarial loss (0: no discriminator)
+    discriminator_lr: float = 2e-4      # the discriminator's Adam, betas (0.5, 0.999), as pix2pix trains it
+
+    def __post_init__(self) -> None:
+        if self.pixel not in PIXEL_LOSSES:
+            raise UserInputError(f"loss must be one of {', '.join(PIXEL_LOSSES)}, got {self.pixel!r}")
+        for name in ("perceptual", "adversarial", "discriminator_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise UserInputError(f"{name} must be a number >= 0, got {value!r}")
+        if self.discriminator_lr == 0:
+            raise UserInputError("discriminator_lr must be > 0")
+        if self.perceptual and not self.perceptual_weights:
+            raise UserInputError("a perceptual loss needs VGG-16 weights, which are not downloaded: pass "
+                                 "torchvision's vgg16-397923af.pth with --perceptual-weights FILE "
+                                 "(perceptual_weights: in a recipe)")
+
+    @property
+    def is_default(self) -> bool:
+        return self == LossConfig(discriminator_lr=self.discriminator_lr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +139,8 @@ class Task(abc.ABC):
     #: Headers of `table_columns` that `edgeres compare` tabulates for this task's models. Empty: compare gives it
     #: no table of its own (a classifier's table is compare's, with PR AUC and calibration from its probabilities).
     compare_columns: ClassVar[tuple[str, ...]] = ()
+    #: The task trains with a LossConfig's choices (pixel loss, perceptual and adversarial terms).
+    loss_options: ClassVar[bool] = False
 
     # --- data and model ---
     @abc.abstractmethod
@@ -117,9 +154,15 @@ class Task(abc.ABC):
     # --- training (torch tensors) ---
     @abc.abstractmethod
     def criterion(self, bundle: Any, device: Any = "cpu", *, model: Any = None, label_smoothing: float = 0.0,
-                  class_weighted: bool = False) -> Criterion:
+                  class_weighted: bool = False, loss: LossConfig | None = None) -> Criterion:
         """The training loss; model: the model trained (a loss may read it, e.g. anchors); class_weighted: weigh
-        classes by inverse training-split frequency."""
+        classes by inverse training-split frequency; loss: choices a task with `loss_options` offers."""
+
+    def refuse_loss_options(self, loss: LossConfig | None) -> None:
+        """A task without `loss_options` refuses any choice but the default, naming it."""
+        if loss is not None and not loss.is_default and not self.loss_options:
+            raise UserInputError(f"loss, perceptual and adversarial are image-to-image training options; this is a "
+                                 f"{self.name} model (got {loss})")
 
     @abc.abstractmethod
     def loss_sum(self, outputs: Any, targets: "torch.Tensor", model: Any = None) -> "torch.Tensor":

@@ -10,7 +10,7 @@ import numpy as np
 from edgeres.errors import UserInputError
 from edgeres.plots import plot_confusion
 from edgeres.tasks import classify_predict
-from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Paired, Task
+from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, LossConfig, MetricDelta, Paired, Task
 from edgeres.tasks.classify_compare import (QAT_TOLERANCE, TOLERANCES, ClassifierOutputs, Tolerance, compare_outputs,
                                             judge, logits)
 from edgeres.tasks.classify_metrics import classification_metrics, softmax, threshold_on_val
@@ -53,8 +53,9 @@ class Classification(Task):
     # torch is imported by the two loss methods alone: the report and readers of exported files use this
     # task where torch may not be installed, and training has torch loaded already.
     def criterion(self, bundle: Any, device: Any = "cpu", *, model: Any = None, label_smoothing: float = 0.0,
-                  class_weighted: bool = False) -> Criterion:
+                  class_weighted: bool = False, loss: LossConfig | None = None) -> Criterion:
         """Cross-entropy with label smoothing and (class_weighted) inverse-frequency class weights on `device`."""
+        self.refuse_loss_options(loss)
         from torch import nn
 
         from edgeres.data import class_weights

@@ -10,7 +10,7 @@ from edgeres.errors import UserInputError
 from edgeres.letterbox import PAD_VALUE
 from edgeres.plots import plot_detections, plot_pr_curve
 from edgeres.tasks import detect_predict
-from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, MetricDelta, Task
+from edgeres.tasks.base import ClassDelta, Criterion, GateEvidence, LossConfig, MetricDelta, Task
 from edgeres.tasks.detect_compare import POOL_CONF, QAT_TOLERANCE, TOLERANCES, Tolerance, compare_detections, judge
 from edgeres.tasks.detect_metrics import (MAX_DET, DetectionPredictions, Matching, ResampledAP, class_ap, coco_eval,
                                           detection_metrics, matching, mean_ap)
@@ -48,8 +48,9 @@ class Detection(Task):
 
     # torch is imported by the loss methods alone, as in Classification.
     def criterion(self, bundle: Any, device: Any = "cpu", *, model: Any = None, label_smoothing: float = 0.0,
-                  class_weighted: bool = False) -> Criterion:
+                  class_weighted: bool = False, loss: LossConfig | None = None) -> Criterion:
         """The YOLO loss (box CIoU, objectness, class) of `model`'s anchors and strides."""
+        self.refuse_loss_options(loss)
         if label_smoothing or class_weighted:
             raise UserInputError("detection training takes neither label smoothing nor class-weighted loss "
                                  f"(got label_smoothing={label_smoothing}, class_weighted={class_weighted}); "

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeres.errors import UserInputError
 from edgeres.tasks import image2image_predict
-from edgeres.tasks.base import Criterion, GateEvidence, MetricDelta, Task
+from edgeres.tasks.base import Criterion, GateEvidence, LossConfig, MetricDelta, Task
 from edgeres.tasks.image2image_metrics import (IMAGE, QAT_TOLERANCE, TOLERANCES, ImagePredictions, Tolerance,
                                                compare_images, image_metrics, image_output, judge, per_image_psnr,
                                                per_image_ssim, psnr_from_mse)
@@ -17,7 +17,6 @@ from edgeres.tasks.image2image_metrics import (IMAGE, QAT_TOLERANCE, TOLERANCES,
 if TYPE_CHECKING:
     import torch
 
-LOSSES = ("mse", "l1")
 EXAMPLES = 8  # images in the examples grid
 
 
@@ -34,11 +33,7 @@ class ImageToImage(Task):
     report_columns = ("PSNR dB", "Δ PSNR (dB)")
     headline_scale, headline_unit, delta_unit = 1.0, "dB", "dB"
     compare_columns = ("MSE", "PSNR dB", "SSIM", "gain dB")
-
-    def __init__(self, loss: str = "mse") -> None:
-        if loss not in LOSSES:
-            raise UserInputError(f"image-to-image loss must be one of {list(LOSSES)}, got {loss!r}")
-        self.loss = loss
+    loss_options = True
 
     def load_data(self, config: Any) -> Any:
         """A PairBundle: paired input/target folders, or a built-in set or image folder degraded by
@@ -49,24 +44,25 @@ class ImageToImage(Task):
 
     # torch is imported by the loss methods alone, as in Classification.
     def criterion(self, bundle: Any, device: Any = "cpu", *, model: Any = None, label_smoothing: float = 0.0,
-                  class_weighted: bool = False) -> Criterion:
-        """Per-pixel MSE (or L1) of the output against the target."""
+                  class_weighted: bool = False, loss: LossConfig | None = None) -> Criterion:
+        """Per-pixel MSE or L1 of the output against the target, plus `loss`'s perceptual and adversarial terms
+        (edgeres.tasks.image2image_losses) when it weighs them."""
         if label_smoothing or class_weighted:
             raise UserInputError("image-to-image training takes neither label smoothing nor class-weighted loss "
                                  f"(got label_smoothing={label_smoothing}, class_weighted={class_weighted}); "
                                  "leave them at their defaults")
-        loss = self._pixel_loss("mean")
-        return lambda outputs, targets, images: loss(outputs, _target(targets))
+        loss = loss or LossConfig()
+        pixel = _pixel_loss(loss.pixel)
+        if not (loss.perceptual or loss.adversarial):
+            return lambda outputs, targets, images: pixel(outputs, _target(targets))
+        from edgeres.tasks.image2image_losses import GeneratorLoss
+
+        return GeneratorLoss(pixel, loss, bundle.in_chans, bundle.img_size)
 
     def loss_sum(self, outputs: "torch.Tensor", targets: "torch.Tensor", model: Any = None) -> "torch.Tensor":
-        """The per-image mean pixel loss, summed over the batch."""
-        return self._pixel_loss("mean")(outputs, _target(targets)) * outputs.shape[0]
-
-    def _pixel_loss(self, reduction: str) -> Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]:
-        import torch.nn.functional as F
-
-        fn = F.mse_loss if self.loss == "mse" else F.l1_loss
-        return lambda a, b: fn(a.float(), b.float(), reduction=reduction)
+        """The per-image MSE, summed over the batch: the best epoch is the one of the best val PSNR, whatever
+        loss trained it."""
+        return _pixel_loss("mse")(outputs, _target(targets)) * outputs.shape[0]
 
     def soft_loss(self, student: "torch.Tensor", teacher: "torch.Tensor", temperature: float) -> "torch.Tensor":
         """The student's image against the teacher's (MSE); an image has no temperature to soften."""
@@ -151,6 +147,14 @@ class ImageToImage(Task):
     def table_columns(self, metrics: dict[str, Any]) -> list[tuple[str, Any]]:
         return [("PSNR dB", metrics["psnr"]), ("input PSNR dB", metrics["input_psnr"]),
                 ("gain dB", metrics["psnr_gain"]), ("SSIM", metrics["ssim"]), ("MSE", metrics["mse"])]
+
+
+def _pixel_loss(name: str) -> Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]:
+    """The mean per-pixel MSE or L1 of two image batches, in float32."""
+    import torch.nn.functional as F
+
+    fn = F.mse_loss if name == "mse" else F.l1_loss
+    return lambda a, b: fn(a.float(), b.float())
 
 
 def _target(targets: "torch.Tensor") -> "torch.Tensor":

@@ -6,11 +6,11 @@ features (the classifier's input) of an edgeres classification checkpoint. The s
 not comparable with published Inception FID: the numbers depend on that checkpoint, so they rank models scored
 with the same checkpoint and mean nothing beside a paper's FID.
 
-LPIPS is not offered: torchmetrics' LearnedPerceptualImagePatchSimilarity builds its AlexNet/VGG/SqueezeNet
-backbone with torchvision's pretrained weights and its linear layers from the `lpips` package, and takes no local
-file for either, so it cannot run without a download.
+LPIPS comes from image2image_lpips.py (the `lpips` package, its backbone from a local torchvision weight file):
+`score_artifact` and `image_scores` add it beside FID/KID, or give it alone.
 
-Imports torch at module level, like classify_losses.py: only `edgeres fid` imports this module, when it scores.
+Imports torch at module level, like classify_losses.py: only the scoring code (`edgeres fid`, and `edgeres compare`
+given weight files) imports this module, when it scores.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeres.errors import UserInputError
+from edgeres.tasks.image2image_lpips import EXPECTED as LPIPS_EXPECTED
+from edgeres.tasks.image2image_lpips import LpipsNetwork, lpips_network, lpips_scores
 
 #: torch-fidelity's Inception-v3 weights (the TF FID network ported to PyTorch), which torchmetrics loads
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -159,20 +161,48 @@ def feature_network(inception_weights: str | Path | None = None,
     return checkpoint_network(features) if features is not None else inception_network(inception_weights)
 
 
-def score_artifact(artifact: str | Path, network: FeatureNetwork, data: str | None = None, split: str = "test",
-                   threads: int | None = None, kid_subset_size: int = KID_SUBSET_SIZE) -> dict[str, Any]:
-    """FID/KID of an image-to-image artifact's outputs on `split` of its data, against the split's targets, and
-    the same for the split's inputs (how far the degraded images are, for scale)."""
+def scoring_networks(inception_weights: str | Path | None = None, fid_features: str | Path | None = None,
+                     lpips_weights: str | Path | None = None) -> tuple[FeatureNetwork | None, LpipsNetwork | None]:
+    """The networks the scores need: FID/KID's when either of their options is given, LPIPS's when its file is;
+    none at all exits 2 naming the files each score needs."""
+    if inception_weights is None and fid_features is None and lpips_weights is None:
+        raise UserInputError(f"no score asked for: FID/KID need the local Inception-v3 weight file {INCEPTION_FILE} "
+                             "(torch-fidelity's) with --inception-weights FILE, or --fid-features CHECKPOINT "
+                             f"(an edgeres classifier's features, {NOT_COMPARABLE}); LPIPS needs a torchvision "
+                             f"backbone file with --lpips-weights FILE: {LPIPS_EXPECTED}")
+    fid = None if inception_weights is None and fid_features is None else feature_network(inception_weights,
+                                                                                          fid_features)
+    return fid, None if lpips_weights is None else lpips_network(lpips_weights)
+
+
+def image_scores(images: np.ndarray, targets: np.ndarray, network: FeatureNetwork | None = None,
+                 lpips: LpipsNetwork | None = None, kid_subset_size: int = KID_SUBSET_SIZE) -> dict[str, Any]:
+    """FID/KID on `network` and mean LPIPS on `lpips` (whichever is given) of `images` against `targets`."""
+    scores: dict[str, Any] = {}
+    if network is not None:
+        scores.update(distribution_scores(images, targets, network, kid_subset_size))
+    if lpips is not None:
+        scores.update(lpips_scores(images, targets, lpips))
+    return scores
+
+
+def score_artifact(artifact: str | Path, network: FeatureNetwork | None, data: str | None = None,
+                   split: str = "test", threads: int | None = None, kid_subset_size: int = KID_SUBSET_SIZE,
+                   lpips: LpipsNetwork | None = None) -> dict[str, Any]:
+    """FID/KID (on `network`) and LPIPS (on `lpips`) of an image-to-image artifact's outputs on `split` of its
+    data, against the split's targets, and the same for the split's inputs (how far the degraded images are, for
+    scale)."""
     from edgeres import runtime
     from edgeres.evaluate import load_task_data
     from edgeres.evaluate.predict import check_compatible, predict
 
     runner = runtime.load(artifact, threads=threads)
     if runner.meta.task != "image2image":
-        raise UserInputError(f"{artifact} is a {runner.meta.task} model; FID/KID score image-to-image outputs")
+        raise UserInputError(f"{artifact} is a {runner.meta.task} model; FID/KID and LPIPS score image-to-image "
+                             "outputs")
     bundle = load_task_data(runner.meta, data)
     check_compatible(runner.meta, bundle)
     predictions = predict(runner, bundle, split)
     return {"artifact": str(artifact), "split": split,
-            "output": distribution_scores(predictions.outputs, predictions.targets, network, kid_subset_size),
-            "input": distribution_scores(predictions.inputs, predictions.targets, network, kid_subset_size)}
+            **{name: image_scores(images, predictions.targets, network, lpips, kid_subset_size)
+               for name, images in (("output", predictions.outputs), ("input", predictions.inputs))}}

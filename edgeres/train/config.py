@@ -8,6 +8,7 @@ from typing import Any
 
 from edgeres.data import DataConfig
 from edgeres.errors import UserInputError
+from edgeres.tasks.base import LossConfig
 from edgeres.train.device import check_device
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -24,11 +25,13 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     optimizer: str = "adamw"
+    betas: tuple[float, float] | None = None  # adam/adamw moment decay rates (None: torch's 0.9, 0.999)
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
     patience: int = 0               # early stopping: epochs without val-loss improvement; 0 = off
     balance: str = "none"           # class imbalance: weighted loss or class-balanced sampler
     label_smoothing: float = 0.0
+    loss: LossConfig = LossConfig()  # pixel loss, perceptual and adversarial terms (image-to-image)
     weights: str | None = None      # local weight file for transfer learning
     freeze: str | None = None       # freeze stages up to and including this one
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -51,6 +54,17 @@ class TrainConfig:
         require_number("lr", self.lr, 0, open_low=True)
         require_number("weight_decay", self.weight_decay, 0)
         require_number("label_smoothing", self.label_smoothing, 0, 1, open_high=True)
+        if self.betas is not None:
+            if self.optimizer == "sgd":
+                raise UserInputError(f"betas are Adam's moment decay rates; optimizer 'sgd' has none "
+                                     f"(got {self.betas})")
+            if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+                raise UserInputError(f"betas must be two numbers, e.g. 0.5,0.999; got {self.betas!r}")
+            object.__setattr__(self, "betas", tuple(self.betas))
+            for b in self.betas:
+                require_number("each of betas", b, 0, 1, open_high=True)
+        if isinstance(self.loss, dict):  # as train.json and recipes hold it
+            object.__setattr__(self, "loss", LossConfig(**self.loss))
         check_device(self.device)
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise UserInputError(f"amp must be true, false or 'auto', got {self.amp!r}")

@@ -3,6 +3,7 @@ CPU or GPU; evaluation through a Runner."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from edgeres.evaluate.predict import evaluate_runner, write_metrics
 from edgeres.meta import DEFAULT_TASK
 from edgeres.models import create, model_task
 from edgeres.plots import plot_training_curves
-from edgeres.tasks import Criterion, Task, get_task
+from edgeres.tasks import Criterion, LossConfig, Task, get_task
 from edgeres.train.config import TrainConfig
 from edgeres.train.device import Execution, amp_dtype, placed
 from edgeres.train.distributed import DistContext, init_distributed, shutdown
@@ -50,9 +51,9 @@ def _build_optimizer(cfg: TrainConfig, model: nn.Module, criterion: Criterion):
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
     elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas or (0.9, 0.999), weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas or (0.9, 0.999), weight_decay=cfg.weight_decay)
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     elif cfg.scheduler == "plateau":
@@ -155,10 +156,12 @@ def _prepare_out(cfg: TrainConfig) -> dict[str, Any] | None:
         if state is None:
             raise UserInputError(f"--resume: {out} holds no saved training state to continue from")
         saved = read_json(out / "train.json")
-        for key in ("model", "data", "model_kwargs", "seed", "batch_size", "optimizer", "scheduler"):
-            if saved.get(key) != cfg.to_dict().get(key):
+        now = json.loads(json.dumps(cfg.to_dict()))  # as JSON holds it: tuples are lists
+        before_options = {"betas": None, "loss": dataclasses.asdict(LossConfig())}  # runs saved without them
+        for key in ("model", "data", "model_kwargs", "seed", "batch_size", "optimizer", "scheduler", "betas", "loss"):
+            if saved.get(key, before_options.get(key)) != now.get(key):
                 raise UserInputError(f"--resume: {key} differs from the interrupted run "
-                                     f"({saved.get(key)!r} there, {cfg.to_dict().get(key)!r} now)")
+                                     f"({saved.get(key)!r} there, {now.get(key)!r} now)")
         return state
     if is_checkpoint(out) or (out / "last").exists():
         raise UserInputError(f"{out} already holds a training run; pass --resume to continue it "
@@ -206,7 +209,8 @@ def _train(cfg, ctx, model, criterion, meta, bundle) -> TrainResult:
     parent = checkpoint_sha256(cfg.weights) if cfg.weights and is_checkpoint(cfg.weights) else None
     meta = meta or make_meta(cfg, bundle, parent, task.name, arch_kwargs)
     criterion = criterion or task.criterion(bundle, execution.device, model=model,
-                                            label_smoothing=cfg.label_smoothing, class_weighted=cfg.balance == "loss")
+                                            label_smoothing=cfg.label_smoothing, class_weighted=cfg.balance == "loss",
+                                            loss=cfg.loss)
     # Weights are created (and saved) on the CPU; only the epochs run on the device.
     with placed(execution, model, criterion if isinstance(criterion, nn.Module) else None):
         history, best, stopped_early = _fit(cfg, ctx, execution, model, criterion, meta, bundle, state)
