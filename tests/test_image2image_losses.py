@@ -208,3 +208,27 @@ def test_a_unet_student_distils_from_a_larger_backbone():
         loss.backward()
         assert all(a.weight.grad is not None for a in distiller.adapters.values())
         assert all(p.grad is None for p in teacher.parameters())
+
+
+def _average_on_rank(rank: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from edgeres.tasks.image2image_losses import PatchDiscriminator, _average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        d = PatchDiscriminator(1, layers=1)
+        for p in d.parameters():
+            p.grad = torch.full_like(p, float(rank + 1))  # rank 0: ones, rank 1: twos
+        _average_gradients(d)
+        assert all(torch.allclose(p.grad, torch.full_like(p, 1.5)) for p in d.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_the_discriminators_take_the_mean_gradient(tmp_path):
+    """Two gloo processes, as torchrun starts them: each discriminator steps on the mean of both gradients."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_on_rank, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
