@@ -174,6 +174,8 @@ class CompareStage(_Training):
         strays = sorted(set(self.transfer) - set(self.models))
         if strays:
             raise ValueError(f"transfer names {strays}, which are not among models")
+        if self.inception_weights and self.fid_features:
+            raise ValueError("FID/KID use one network: give inception_weights or fid_features, not both")
         return self
 
 

@@ -3,6 +3,7 @@ import html
 import json
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -256,3 +257,27 @@ def test_a_compare_only_recipe_runs_through_edgeres_run(edgeres, tmp_path):
     assert code == 0 and "compare: resuming" in text, text
     assert (run / "compare" / "compare.md").is_file() and weights.stat().st_mtime_ns == mtime
     assert [v["training"] for v in read_json(run / "compare" / "compare.json")["variants"]] == ["reused"] * 2
+
+
+def test_a_resumed_variants_training_time_counts_the_epochs_before_the_interruption(tmp_path):
+    from edgeres.compare.run import TRAINED_FILE, train_variant
+    from edgeres.data import load_data
+
+    config = CompareConfig(models=("test_resnet",), data=DataConfig(source="digits", img_size=16),
+                           out=str(tmp_path / "cmp"), epochs=2, batch_size=128, threads=1)
+    bundle = load_data(config.data)
+    train_variant(config, "test_resnet", bundle)
+    (config.variant_dir("test_resnet") / TRAINED_FILE).unlink()  # as if killed after its last epoch was saved
+    start = time.perf_counter()
+    record = train_variant(config, "test_resnet", bundle)
+    resumed_wall = time.perf_counter() - start  # evaluation only: both epochs were done
+    epochs = [row["seconds"] for row in read_json(config.variant_dir("test_resnet") / "history.json")]
+    assert record["training"] == "resumed" and len(epochs) == 2
+    assert record["train_s"] > resumed_wall and record["train_s"] >= sum(epochs)
+
+
+def test_a_recipe_naming_two_fid_networks_is_refused_when_loaded(tmp_path):
+    compare = {"models": ["test_unet"], "inception_weights": "inception.pth", "fid_features": "classifier"}
+    with pytest.raises(UserInputError, match="inception_weights or fid_features, not both"):
+        load_recipe(_recipe(tmp_path, {"name": "r", "data": {"source": "digits", "pairs": "denoise"},
+                                       "compare": compare}))

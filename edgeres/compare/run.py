@@ -108,14 +108,25 @@ def train_variant(config: CompareConfig, model: str, bundle: Any) -> dict[str, A
         shutil.rmtree(directory)  # half-made by an interrupted comparison, inside a folder compare claimed
     if resume:
         _check_same_training(config, model)
+    done = _epochs_done(directory) if resume else 0
     start = time.perf_counter()
     result = train(config.train_config(model, resume=resume), bundle=bundle)
     seconds = [row["seconds"] for row in result.history]
-    record = {"train_s": round(time.perf_counter() - start, 3), "epoch_s": statistics.fmean(seconds),
+    # A resumed variant's training time: this run's, and the epochs before the interruption as they were timed.
+    train_s = time.perf_counter() - start + sum(seconds[:done])
+    record = {"train_s": round(train_s, 3), "epoch_s": statistics.fmean(seconds),
               "epochs": len(result.history), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
               "resumed": resume}
     write_json(directory / TRAINED_FILE, record)
     return {**record, "training": "resumed" if resume else "trained"}
+
+
+def _epochs_done(directory: Path) -> int:
+    """How many epochs an interrupted variant's saved training state holds."""
+    from edgeres.train.state import load_state
+
+    state = load_state(directory / "last")
+    return 0 if state is None else len(state["history"])
 
 
 def _check_same_training(config: CompareConfig, model: str) -> None:
