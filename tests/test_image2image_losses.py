@@ -232,3 +232,16 @@ def test_under_torchrun_the_discriminators_take_the_mean_gradient(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_average_on_rank, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
+
+
+def test_compare_trains_every_variant_with_the_same_loss_and_betas(tmp_path):
+    from edgeres.compare import CompareConfig
+    from edgeres.data import DataConfig
+
+    loss = LossConfig(pixel="l1", adversarial=0.01)
+    config = CompareConfig(models=("test_unet", "unet_resnet18"), out=str(tmp_path),
+                           data=DataConfig(source="digits", pairs="denoise"), betas=(0.5, 0.999), loss=loss)
+    for model in config.models:
+        trained = config.train_config(model)
+        assert (trained.loss, trained.betas) == (loss, (0.5, 0.999))
+    assert config.settings()["loss"]["pixel"] == "l1"  # a rerun with another loss trains again
