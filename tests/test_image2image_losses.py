@@ -245,3 +245,19 @@ def test_compare_trains_every_variant_with_the_same_loss_and_betas(tmp_path):
         trained = config.train_config(model)
         assert (trained.loss, trained.betas) == (loss, (0.5, 0.999))
     assert config.settings()["loss"]["pixel"] == "l1"  # a rerun with another loss trains again
+
+
+def test_the_progress_bar_shows_each_loss_term():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from edgeres.models import create
+    from edgeres.train.loop import train_epoch
+
+    criterion = TASK.criterion(_Bundle(), loss=LossConfig(pixel="l1", adversarial=0.1))
+    model = create("test_unet", num_classes=1, in_chans=1)
+    target = torch.rand(8, 1, SIZE, SIZE)
+    loader = DataLoader(TensorDataset(target, _labels(target, target)), batch_size=4)
+    shown: list[dict] = []
+    train_epoch(model, loader, torch.optim.Adam(model.parameters()), criterion,
+                progress=lambda n, **fields: shown.append(fields), task=TASK)
+    assert len(shown) == 2 and {"loss", "pixel", "adversarial", "discriminator"} <= set(shown[-1])

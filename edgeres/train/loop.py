@@ -108,8 +108,8 @@ def train_epoch(model: nn.Module, loader, optimizer, criterion: Criterion, progr
         batch_score = task.batch_score(logits, targets)
         score = None if batch_score is None or score is None else score + batch_score
         seen += n
-        if progress is not None:
-            progress(n, loss=loss.item())
+        if progress is not None:  # with the terms of a criterion that reports them (distillation, GAN losses)
+            progress(n, loss=loss.item(), **getattr(criterion, "last", {}))
     return total_loss / max(seen, 1), None if score is None else score / max(seen, 1), seen
 
 
