@@ -11,11 +11,12 @@ import typer
 from edgeres.compare.commands import register as register_compare_commands
 from edgeres.deploy.commands import register as register_deploy_commands
 from edgeres.optimize.commands import register as register_optimize_commands
+from edgeres.train.options import ADVERSARIAL, BETAS, LOSS, PERCEPTUAL, PERCEPTUAL_WEIGHTS, loss_fields
 from edgeres.explain.commands import register as register_explain_commands
 from edgeres.errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERNAL_ERROR, CheckFailed, UserInputError,
                             os_error_as_user_input)
 from edgeres.meta import DEFAULT_TASK, MAX_IMG_SIZE, MAX_NUM_CLASSES, MIN_IMG_SIZE
-from edgeres.ui import console, csv_values, fail, float_values, int_values, print_table, progress_bar, setup_logging
+from edgeres.ui import console, csv_values, fail, int_values, print_table, progress_bar, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, compress, export and measure ResNet-family models for edge devices.")
@@ -84,15 +85,11 @@ def train_cmd(
     scheduler: str = typer.Option("cosine", help="cosine, plateau or none."),
     patience: int = typer.Option(0, help="Early stop after this many epochs without val-loss gain (0: off)."),
     balance: str = typer.Option("none", help="Class imbalance: none, loss (weighted) or sampler."),
-    betas: Optional[str] = typer.Option(None, help="Adam/AdamW moment decay rates, e.g. 0.5,0.999 as pix2pix "
-                                                   "trains (default: torch's 0.9,0.999)."),
-    loss: str = typer.Option("mse", help="Image-to-image pixel loss: mse or l1."),
-    perceptual: float = typer.Option(0.0, help="Image-to-image: weight of a VGG-16 feature (perceptual) loss term; "
-                                               "needs --perceptual-weights."),
-    perceptual_weights: Optional[Path] = typer.Option(None, help="torchvision's VGG-16 weight file "
-                                                                 "(vgg16-397923af.pth) for --perceptual."),
-    adversarial: float = typer.Option(0.0, help="Image-to-image: weight of a pix2pix patch-discriminator loss "
-                                                "term (0: no discriminator)."),
+    betas: Optional[str] = BETAS,
+    loss: str = LOSS,
+    perceptual: float = PERCEPTUAL,
+    perceptual_weights: Optional[Path] = PERCEPTUAL_WEIGHTS,
+    adversarial: float = ADVERSARIAL,
     weights: Optional[Path] = typer.Option(None, help="Local weights to start from (torchvision/timm/edgeres)."),
     freeze: Optional[str] = typer.Option(None, help="Freeze stages up to and including this one, e.g. layer3."),
     in_chans: Optional[int] = typer.Option(None, help="Input channels (default: the data's own)."),
@@ -113,7 +110,6 @@ def train_cmd(
     """Train a classifier, a detector or an image-to-image model (the model decides); the best checkpoint and its
     test metrics go to --out."""
     from edgeres.data import DataConfig
-    from edgeres.tasks import LossConfig
     from edgeres.train.config import TrainConfig
     from edgeres.train.loop import train
 
@@ -121,10 +117,8 @@ def train_cmd(
                           augment=augment, skip_bad=skip_bad, classes=csv_values(classes, "--classes") if classes else None,
                           pairs=pairs, sigma=sigma)
     cfg = TrainConfig(model=model, data=data_cfg, out=str(out), epochs=epochs, batch_size=batch_size, lr=lr,
-                      optimizer=optimizer, betas=float_values(betas, "--betas") if betas else None,
-                      scheduler=scheduler, patience=patience, balance=balance,
-                      loss=LossConfig(pixel=loss, perceptual=perceptual, adversarial=adversarial,
-                                      perceptual_weights=str(perceptual_weights) if perceptual_weights else None),
+                      optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
+                      **loss_fields(betas, loss, perceptual, perceptual_weights, adversarial),
                       weights=str(weights) if weights else None, freeze=freeze, seed=seed, threads=threads,
                       resume=resume, device=device, amp=amp)
     result = train(cfg)

@@ -1,6 +1,7 @@
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,20 +27,62 @@ def tiny_checkpoint(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def edgeres(monkeypatch, capsys):
-    """Run `edgeres ARGS...` through its entry point; return (exit code, everything it printed)."""
+def _run_edgeres(*args: object) -> int:
     from edgeres import cli
 
-    def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["edgeres", *map(str, args)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["edgeres", *map(str, args)])
         with pytest.raises(SystemExit) as exit_info:
             cli.main()
+    return exit_info.value.code or 0
+
+
+@pytest.fixture
+def edgeres(capsys):
+    """Run `edgeres ARGS...` through its entry point; return (exit code, everything it printed)."""
+
+    def run(*args: object) -> tuple[int, str]:
+        code = _run_edgeres(*args)
         out = capsys.readouterr()
-        code = exit_info.value.code
-        return (0 if code is None else code), out.out + out.err
+        return code, out.out + out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_edgeres():
+    """`edgeres ARGS...` through its entry point, for fixtures of any scope: returns the exit code."""
+    return _run_edgeres
+
+
+I2I_SIZE = 16  # the image-to-image tests' picture size
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """48 smooth grey pictures (blurred blobs), 16 px: enough to denoise, quick to train on."""
+    from PIL import Image, ImageFilter
+
+    root = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        pixels = (rng.random((8, 8)) * 255).astype(np.uint8)
+        picture = Image.fromarray(pixels, "L").resize((I2I_SIZE, I2I_SIZE), Image.BICUBIC)
+        picture.filter(ImageFilter.GaussianBlur(1)).save(root / f"p{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def feature_classifier(tmp_path_factory):
+    """A random test_resnet checkpoint whose pooled features stand in for FID/KID's network (no download)."""
+    from edgeres.checkpoint import save_checkpoint
+    from edgeres.meta import ModelMeta
+    from edgeres.models import create
+
+    torch.manual_seed(0)
+    model = create("test_resnet", num_classes=10, in_chans=1)
+    meta = ModelMeta(arch="test_resnet", num_classes=10, in_chans=1, img_size=I2I_SIZE, mean=(0.5,), std=(0.5,))
+    return save_checkpoint(model, meta, tmp_path_factory.mktemp("cls") / "cls")
 
 
 @pytest.fixture(scope="session")

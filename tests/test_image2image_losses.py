@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from edgeres.errors import UserInputError
 from edgeres.tasks import LossConfig, get_task
@@ -34,16 +32,6 @@ def vgg_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("vgg") / "vgg16-features.pth"
     torch.save({f"features.{k}": v for k, v in layers.state_dict().items()}, path)
     return path
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        pixels = (rng.random((4, 4)) * 255).astype(np.uint8)
-        Image.fromarray(pixels, "L").resize((SIZE, SIZE), Image.BICUBIC).save(root / f"p{i:02d}.png")
-    return root
 
 
 # --- the criterion ---
@@ -150,9 +138,9 @@ def test_a_classifier_refuses_image_losses():
 # --- the command line and the recipe ---
 
 @pytest.mark.slow
-def test_train_with_l1_a_discriminator_and_betas_then_resume(edgeres, folder, tmp_path):
+def test_train_with_l1_a_discriminator_and_betas_then_resume(edgeres, pictures, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "-m", "test_unet", "-d", folder, "-o", run, "--img-size", SIZE, "--batch-size", 8,
+    args = ["train", "-m", "test_unet", "-d", pictures, "-o", run, "--img-size", SIZE, "--batch-size", 8,
             "--pairs", "denoise", "--sigma", 0.2, "--loss", "l1", "--adversarial", 0.05, "--betas", "0.5,0.999",
             "--optimizer", "adam", "--threads", 1]
     code, text = edgeres(*args, "--epochs", 1)

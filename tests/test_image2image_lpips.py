@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision
 import yaml
-from PIL import Image, ImageFilter
 
 from edgeres.errors import UserInputError
 from edgeres.tasks.image2image_lpips import LPIPS_FILES, lpips_network, lpips_scores
@@ -97,54 +96,16 @@ def test_a_wrong_or_missing_file_is_refused_naming_the_expected_files(tmp_path_f
 # --- the fid command and the comparison ---
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """48 smooth grey pictures (blurred blobs), 16 px: enough to denoise, quick to train on."""
-    root = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        pixels = (rng.random((8, 8)) * 255).astype(np.uint8)
-        picture = Image.fromarray(pixels, "L").resize((SIZE, SIZE), Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
-        picture.save(root / f"p{i:02d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    """A random test_resnet checkpoint whose pooled features stand in for FID/KID's network."""
-    from edgeres.checkpoint import save_checkpoint
-    from edgeres.meta import ModelMeta
-    from edgeres.models import create
-
-    torch.manual_seed(0)
-    model = create("test_resnet", num_classes=10, in_chans=1)
-    meta = ModelMeta(arch="test_resnet", num_classes=10, in_chans=1, img_size=SIZE, mean=(0.5,), std=(0.5,))
-    return save_checkpoint(model, meta, tmp_path_factory.mktemp("cls") / "cls")
-
-
-def _run(*args):
-    """`edgeres ARGS...` in this process: (exit code, what it printed)."""
-    import sys
-
-    from edgeres import cli
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["edgeres", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    return exit_info.value.code or 0
-
-
-@pytest.fixture(scope="module")
-def compared(folder, alex, classifier, tmp_path_factory):
+def compared(pictures, alex, feature_classifier, run_edgeres, tmp_path_factory):
     """Two denoisers compared through a recipe's compare stage with LPIPS and checkpoint-feature FID/KID."""
     tmp = tmp_path_factory.mktemp("run")
-    recipe = {"name": "cmp", "data": {"source": str(folder), "img_size": SIZE, "pairs": "denoise", "sigma": 0.2},
+    recipe = {"name": "cmp", "data": {"source": str(pictures), "img_size": SIZE, "pairs": "denoise", "sigma": 0.2},
               "compare": {"models": ["test_unet", "unet_resnet18"], "epochs": 1, "lr": 0.003, "batch_size": 8,
                           "threads": 1, "rounds": 1, "runs": 3, "lpips_weights": str(alex),
-                          "fid_features": str(classifier)}}
+                          "fid_features": str(feature_classifier)}}
     path = tmp / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert _run("run", path, "--out", tmp / "run") == 0
+    assert run_edgeres("run", path, "--out", tmp / "run") == 0
     return tmp / "run" / "compare"
 
 
@@ -171,7 +132,7 @@ def test_compare_adds_lpips_fid_and_kid_alike_in_md_json_and_html(compared):
         assert "not comparable with published Inception FID" in text and "LPIPS alex (alexnet.pth)" in text
 
 
-def test_fid_command_prints_lpips_alone_or_beside_fid(edgeres, compared, alex, classifier, tmp_path):
+def test_fid_command_prints_lpips_alone_or_beside_fid(edgeres, compared, alex, feature_classifier, tmp_path):
     checkpoint = compared / "models" / "test_unet"
     code, text = edgeres("fid", checkpoint, "--lpips-weights", alex, "--json", tmp_path / "lpips.json")
     assert code == 0, text
@@ -179,7 +140,7 @@ def test_fid_command_prints_lpips_alone_or_beside_fid(edgeres, compared, alex, c
     assert "fid" not in scores["output"] and "FID" not in text.split("LPIPS alex")[1]
     for row in ("output", "input"):
         assert f"{scores[row]['lpips']:.4f}" in text
-    code, text = edgeres("fid", checkpoint, "--lpips-weights", alex, "--fid-features", classifier,
+    code, text = edgeres("fid", checkpoint, "--lpips-weights", alex, "--fid-features", feature_classifier,
                          "--json", tmp_path / "both.json")
     both = json.loads((tmp_path / "both.json").read_text())
     assert code == 0 and {"fid", "kid_mean", "lpips"} <= set(both["output"])
@@ -188,10 +149,10 @@ def test_fid_command_prints_lpips_alone_or_beside_fid(edgeres, compared, alex, c
     assert code == 2 and "--lpips-weights" in text and "weights-inception-2015-12-05-6726825d.pth" in text
 
 
-def test_fid_command_refuses_a_wrong_lpips_file(edgeres, classifier, tmp_path):
+def test_fid_command_refuses_a_wrong_lpips_file(edgeres, feature_classifier, tmp_path):
     wrong = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), wrong)
-    code, text = edgeres("fid", classifier, "--lpips-weights", wrong)
+    code, text = edgeres("fid", feature_classifier, "--lpips-weights", wrong)
     assert code == 2 and "alexnet-owt-7be5be79.pth" in text
 
 

@@ -4,7 +4,6 @@ supplied feature network, and compare's table."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -20,33 +19,11 @@ SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """48 smooth grey pictures (blurred blobs), 16 px: enough to denoise, quick to train on."""
-    from PIL import ImageFilter
-
-    root = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(0)
-    for i in range(48):
-        pixels = (rng.random((8, 8)) * 255).astype(np.uint8)
-        picture = Image.fromarray(pixels, "L").resize((SIZE, SIZE), Image.BICUBIC).filter(ImageFilter.GaussianBlur(1))
-        picture.save(root / f"p{i:02d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(folder, tmp_path_factory):
+def trained(pictures, run_edgeres, tmp_path_factory):
     """A test_unet denoiser trained through `edgeres train --pairs denoise --sigma 0.2`."""
-    from edgeres import cli
-
     run = tmp_path_factory.mktemp("i2i") / "run"
-    args = ["edgeres", "train", "-m", "test_unet", "-d", str(folder), "-o", str(run), "--epochs", "4",
-            "--img-size", str(SIZE), "--batch-size", "4", "--lr", "0.003", "--pairs", "denoise", "--sigma", "0.2",
-            "--threads", "2"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", args)
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    assert exit_info.value.code in (None, 0)
+    assert run_edgeres("train", "-m", "test_unet", "-d", pictures, "-o", run, "--epochs", 4, "--img-size", SIZE,
+                       "--batch-size", 4, "--lr", 0.003, "--pairs", "denoise", "--sigma", 0.2, "--threads", 2) == 0
     return run
 
 
@@ -72,8 +49,8 @@ def test_train_takes_pairs_and_sigma_from_the_command_line(trained):
     assert test["input_psnr"] < 16 and test["psnr"] > test["input_psnr"] + 1.0
 
 
-def test_bad_pairs_exit_2_naming_the_choices(edgeres, folder, tmp_path):
-    code, text = edgeres("train", "-m", "test_unet", "-d", folder, "-o", tmp_path / "r", "--pairs", "blur")
+def test_bad_pairs_exit_2_naming_the_choices(edgeres, pictures, tmp_path):
+    code, text = edgeres("train", "-m", "test_unet", "-d", pictures, "-o", tmp_path / "r", "--pairs", "blur")
     assert code == 2 and "pairs must be one of" in text and "denoise" in text
 
 
@@ -171,12 +148,12 @@ def test_check_passes_the_int8_openvino_export_and_bench_measures_it(edgeres, tr
 
 # --- 4. predict ---
 
-def test_predict_writes_the_restored_image_at_the_inputs_size(trained, folder, tmp_path):
+def test_predict_writes_the_restored_image_at_the_inputs_size(trained, pictures, tmp_path):
     from edgeres.predict import predict_images
 
     images = tmp_path / "in"
     images.mkdir()
-    Image.open(folder / "p00.png").resize((40, 24)).save(images / "wide.png")
+    Image.open(pictures / "p00.png").resize((40, 24)).save(images / "wide.png")
     doc = predict_images(trained, images, tmp_path / "out")
     (record,) = doc["predictions"]
     written = Image.open(tmp_path / "out" / record["annotated"])
@@ -187,23 +164,10 @@ def test_predict_writes_the_restored_image_at_the_inputs_size(trained, folder, t
 
 # --- 5. FID and KID ---
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    """A random test_resnet checkpoint: the supplied feature network (its pooled features), no download."""
-    from edgeres.checkpoint import save_checkpoint
-    from edgeres.meta import ModelMeta
-    from edgeres.models import create
-
-    torch.manual_seed(0)
-    model = create("test_resnet", num_classes=10, in_chans=1)
-    meta = ModelMeta(arch="test_resnet", num_classes=10, in_chans=1, img_size=SIZE, mean=(0.5,), std=(0.5,))
-    return save_checkpoint(model, meta, tmp_path_factory.mktemp("cls") / "cls")
-
-
-def test_fid_and_kid_on_a_classifiers_features(classifier):
+def test_fid_and_kid_on_a_classifiers_features(feature_classifier):
     from edgeres.tasks.image2image_fid import NOT_COMPARABLE, checkpoint_network, distribution_scores
 
-    network = checkpoint_network(classifier)
+    network = checkpoint_network(feature_classifier)
     assert not network.comparable and NOT_COMPARABLE in network.label
     clean = _predictions(0.01)
     same = distribution_scores(clean.targets, clean.targets, network)
@@ -214,8 +178,9 @@ def test_fid_and_kid_on_a_classifiers_features(classifier):
     assert far["kid_subset_size"] == 12 and far["comparable_with_published"] is False  # 12 images < 1000
 
 
-def test_fid_command_labels_checkpoint_features_and_needs_the_inception_file(edgeres, trained, classifier, tmp_path):
-    code, text = edgeres("fid", trained, "--fid-features", classifier, "--json", tmp_path / "fid.json")
+def test_fid_command_labels_checkpoint_features_and_needs_the_inception_file(edgeres, trained, feature_classifier,
+                                                                             tmp_path):
+    code, text = edgeres("fid", trained, "--fid-features", feature_classifier, "--json", tmp_path / "fid.json")
     assert code == 0 and "not comparable with published Inception FID" in " ".join(text.split())
     scores = json.loads((tmp_path / "fid.json").read_text())
     assert scores["output"]["comparable_with_published"] is False
@@ -235,12 +200,12 @@ def test_fid_refuses_a_checkpoint_that_is_no_classifier(trained):
 
 # --- 6. compare ---
 
-def test_compare_tabulates_the_tasks_own_columns(folder, tmp_path):
+def test_compare_tabulates_the_tasks_own_columns(pictures, tmp_path):
     from edgeres.compare import CompareConfig, LatencyConfig, compare_models
     from edgeres.compare.output import table_rows
     from edgeres.data import DataConfig
 
-    data = DataConfig(str(folder), img_size=SIZE, pairs="denoise", sigma=0.2)
+    data = DataConfig(str(pictures), img_size=SIZE, pairs="denoise", sigma=0.2)
     with pytest.raises(UserInputError, match="models of one task"):
         CompareConfig(models=("test_resnet", "test_unet"), data=data, out=str(tmp_path / "mixed"))
     document = compare_models(CompareConfig(models=("test_unet",), data=data, out=str(tmp_path / "cmp"), epochs=1,

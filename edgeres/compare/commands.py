@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from edgeres.train.options import ADVERSARIAL, BETAS, LOSS, PERCEPTUAL, PERCEPTUAL_WEIGHTS, loss_fields
+
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
@@ -24,15 +26,11 @@ def compare_cmd(
     scheduler: str = typer.Option("cosine", help="cosine, plateau or none."),
     patience: int = typer.Option(0, help="Early stop after this many epochs without val-loss gain (0: off)."),
     balance: str = typer.Option("none", help="Class imbalance: none, loss (weighted) or sampler."),
-    betas: Optional[str] = typer.Option(None, help="Adam/AdamW moment decay rates, e.g. 0.5,0.999 "
-                                                   "(default: torch's 0.9,0.999)."),
-    loss: str = typer.Option("mse", help="Image-to-image pixel loss: mse or l1."),
-    perceptual: float = typer.Option(0.0, help="Image-to-image: weight of a VGG-16 feature loss term; needs "
-                                               "--perceptual-weights."),
-    perceptual_weights: Optional[Path] = typer.Option(None, help="torchvision's VGG-16 weight file "
-                                                                 "(vgg16-397923af.pth) for --perceptual."),
-    adversarial: float = typer.Option(0.0, help="Image-to-image: weight of a pix2pix patch-discriminator loss "
-                                                "term (0: no discriminator)."),
+    betas: Optional[str] = BETAS,
+    loss: str = LOSS,
+    perceptual: float = PERCEPTUAL,
+    perceptual_weights: Optional[Path] = PERCEPTUAL_WEIGHTS,
+    adversarial: float = ADVERSARIAL,
     weights: Optional[list[str]] = typer.Option(None, help="NAME=FILE: local weights variant NAME starts from "
                                                            "(repeat for several variants)."),
     freeze: Optional[str] = typer.Option(None, help="Freeze stages up to and including this one in every variant, "
@@ -66,7 +64,6 @@ def compare_cmd(
     from edgeres.compare import CompareConfig, ImageScoring, LatencyConfig, compare_models
     from edgeres.compare.output import table_rows
     from edgeres.data import DataConfig
-    from edgeres.tasks import LossConfig
     from edgeres.ui import console, csv_values, float_values, print_table, progress_bar
 
     data_config = DataConfig(source=data, img_size=img_size, in_chans=in_chans, seed=seed, augment=augment,
@@ -74,10 +71,8 @@ def compare_cmd(
                              pairs=pairs, sigma=sigma)
     config = CompareConfig(
         models=csv_values(models, "--models"), out=str(out), data=data_config, epochs=epochs, batch_size=batch_size,
-        lr=lr, optimizer=optimizer, betas=float_values(betas, "--betas") if betas else None, scheduler=scheduler,
-        patience=patience, balance=balance,
-        loss=LossConfig(pixel=loss, perceptual=perceptual, adversarial=adversarial,
-                        perceptual_weights=str(perceptual_weights) if perceptual_weights else None),
+        lr=lr, optimizer=optimizer, scheduler=scheduler, patience=patience, balance=balance,
+        **loss_fields(betas, loss, perceptual, perceptual_weights, adversarial),
         weights=named_files(weights or [], "--weights"), freeze=freeze, seed=seed, device=device, amp=amp,
         threads=threads, latency=LatencyConfig(rounds=rounds, runs=runs),
         scoring=ImageScoring(lpips_weights, inception_weights, fid_features))

@@ -35,9 +35,7 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, weights: str | Path) -> None:
         super().__init__()
-        from torchvision.models import vgg16
-
-        self.features = vgg16(weights=None).features[:_VGG_LAYERS]
+        self.features = _vgg_layers().to_empty(device="cpu")  # every tensor comes from the file
         self.features.load_state_dict(_vgg_state(weights))
         self.requires_grad_(False)
         self.eval()
@@ -62,19 +60,14 @@ class VGGFeatures(nn.Module):
 
 def _vgg_state(weights: str | Path) -> dict[str, torch.Tensor]:
     """The `features` layers of a torchvision VGG-16 file; anything else exits 2 naming the file expected."""
-    path = Path(weights)
-    expected = f"torchvision's VGG-16 ImageNet weights ({VGG16_FILE})"
-    if not path.is_file():
-        raise UserInputError(f"perceptual weights: {path} does not exist; expected {expected}")
+    from edgeres.models.weights import read_state_dict
+
+    path, expected = Path(weights), f"torchvision's VGG-16 ImageNet weights ({VGG16_FILE})"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt file, or one only pickle could read
-        raise UserInputError(f"perceptual weights: cannot read {path} as a weights-only torch file ({e}); "
-                             f"expected {expected}") from e
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = read_state_dict(path)  # weights_only: no code in the file runs
+    except UserInputError as e:
+        raise UserInputError(f"perceptual weights: {e}; expected {expected}") from None
     reference = vgg16_shapes()
-    if not isinstance(state, dict):
-        raise UserInputError(f"perceptual weights: {path} holds no state dict; expected {expected}")
     wrong = [k for k, shape in reference.items() if k not in state or tuple(state[k].shape) != shape]
     if wrong:
         raise UserInputError(f"perceptual weights: {path} is not VGG-16 ({len(wrong)} of its first layers' "
@@ -84,11 +77,15 @@ def _vgg_state(weights: str | Path) -> dict[str, torch.Tensor]:
 
 def vgg16_shapes() -> dict[str, tuple[int, ...]]:
     """The shapes of the VGG-16 tensors the perceptual loss reads, by their names in torchvision's file."""
+    return {f"features.{k}": tuple(v.shape) for k, v in _vgg_layers().state_dict().items()}
+
+
+def _vgg_layers() -> nn.Sequential:
+    """VGG-16's layers up to relu3_3 on the meta device: shapes, no memory (its classifier is never built)."""
     from torchvision.models import vgg16
 
     with torch.device("meta"):
-        layers = vgg16(weights=None).features[:_VGG_LAYERS]
-    return {f"features.{k}": tuple(v.shape) for k, v in layers.state_dict().items()}
+        return vgg16(weights=None).features[:_VGG_LAYERS]
 
 
 class PatchDiscriminator(nn.Module):

@@ -68,18 +68,13 @@ def lpips_network(weights: str | Path) -> LpipsNetwork:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise UserInputError(f"LPIPS needs a local torchvision weight file for its backbone ({path} does not "
-                             f"exist); expected one of: {EXPECTED}")
+    from edgeres.models.weights import read_state_dict
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file, another format, or pickled objects weights_only refuses
-        raise UserInputError(f"{path} is no torch weight file that loads with weights_only=True ({type(e).__name__}); "
-                             f"LPIPS expects one of torchvision's files: {EXPECTED}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserInputError(f"{path} holds no state dict of tensors; LPIPS expects one of torchvision's files: "
-                             f"{EXPECTED}")
-    return state
+        return read_state_dict(path)  # weights_only: no code in the file runs
+    except UserInputError as e:
+        raise UserInputError(f"LPIPS backbone (read with weights_only=True): {e}; expected one of torchvision's "
+                             f"files: {EXPECTED}") from None
 
 
 def _which_net(state: dict[str, torch.Tensor], path: str | Path) -> str:

@@ -63,8 +63,9 @@ class TrainConfig:
             object.__setattr__(self, "betas", tuple(self.betas))
             for b in self.betas:
                 require_number("each of betas", b, 0, 1, open_high=True)
-        if isinstance(self.loss, dict):  # as train.json and recipes hold it
-            object.__setattr__(self, "loss", LossConfig(**self.loss))
+        if not isinstance(self.loss, LossConfig):
+            raise UserInputError(f"loss must be an edgeres.tasks.LossConfig, e.g. LossConfig(pixel='l1'); "
+                                 f"got {self.loss!r}")
         check_device(self.device)
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise UserInputError(f"amp must be true, false or 'auto', got {self.amp!r}")
