@@ -215,6 +215,8 @@ def test_in_graph_preprocessing_takes_frames_and_predicts_as_edgeres(kind, devic
     assert meta["input"]["in_graph_preprocess"] and meta["input"]["dtype"] == "uint8"
     assert list(meta["input"]["frame"]) == [48, 64]
     assert np.load(out / meta["golden"]["inputs"]).dtype == np.uint8  # the golden inputs are frames too
+    # OpenVINO copies a read-only frame: the README says what to hand it
+    assert ("writeable C-contiguous" in (out / "README.md").read_text()) == (backend == "openvino")
     bundle = _on_device(out, tmp_path)
     python = lean_envs[backend]
     check = _run(python, bundle, "--selftest")

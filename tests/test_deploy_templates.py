@@ -260,6 +260,26 @@ def test_numpy_nms_keeps_what_torchvision_batched_nms_keeps(infer):
         np.testing.assert_array_equal(ours[:, 5], cls[keep])
 
 
+@pytest.mark.parametrize("classes", [10, 100])  # either side of SMALL_SOFTMAX: plain Python, then numpy
+def test_bundle_classify_ranks_and_scores_as_edgeres_describe(infer, classes):
+    from edgeres.tasks.classify_predict import TOP_K, describe
+
+    assert (classes > infer.SMALL_SOFTMAX) == (classes == 100)
+    rng = np.random.default_rng(classes)
+    logits = rng.normal(0, 3, (6, classes)).astype(np.float32)
+    logits[1, :4] = logits[1].max() + 1  # a four-way tie on top: both keep the lower class id first
+    logits[2] = 0  # every class tied
+    names = [f"c{i}" for i in range(classes)]
+    ours = infer.classify({"logits": logits}, [None] * 6, {"class_names": names, "postprocess": {"top_k": TOP_K}})
+    theirs = describe({"logits": logits}, [None] * 6, names)
+    assert [[t["class_id"] for t in r["top"]] for r in ours] == [[t["class_id"] for t in r["top"]] for r in theirs]
+    assert [t["class_id"] for t in ours[1]["top"][:4]] == [0, 1, 2, 3]
+    assert [r["class"] for r in ours] == [r["class"] for r in theirs] and len(ours[0]["top"]) == TOP_K
+    np.testing.assert_allclose([[t["probability"] for t in r["top"]] for r in ours],
+                               [[t["probability"] for t in r["top"]] for r in theirs], rtol=1e-12)
+    assert all(type(r["class_id"]) is int and type(r["probability"]) is float for r in ours)
+
+
 def test_frames_for_a_graph_that_preprocesses_map_boxes_back(infer):
     """uint8 frames go to the graph as they are (resized only to a fixed frame); boxes the graph finds in its
     letterboxed input map back to the image through the same geometry."""

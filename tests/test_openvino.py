@@ -243,6 +243,19 @@ def test_plain_openvino_loads_the_ir(irs, trained, batch):
     assert (logits.argmax(1) == _torch(trained["test_simam_resnet"], batch).argmax(1)).all()
 
 
+def test_runner_reads_writeable_and_read_only_batches_alike(irs, batch):
+    """A writeable batch is bound in place as a shared tensor, a read-only one copied by OpenVINO: the same logits,
+    and a batch bound on one call does not linger into the next (dynamic batch: the shapes differ too)."""
+    runner = load(irs["test_se_resnet.fp32"][0], precision="fp32")
+    frozen = batch.copy()
+    frozen.flags.writeable = False
+    first = runner(batch.copy())["logits"]
+    other = runner(batch[:1][:, :, ::-1].copy())["logits"]
+    again = runner(frozen)["logits"]
+    assert other.shape[0] == 1 and not np.allclose(other[0], first[0])
+    np.testing.assert_array_equal(first, again)
+
+
 def test_wrong_input_gives_a_clear_error(irs):
     dynamic, static = load(irs["test_se_resnet.fp32"][0]), load(irs["test_se_resnet.static"][0])
     with pytest.raises(UserInputError, match=r"\(N, 3, 32, 32\)"):

@@ -110,8 +110,16 @@ def test_classifier_fixed_frame(classifier, tmp_path, name, options):
     pre = tmp_path / name.replace("model", "frames")
     assert _add(out / name, pre, frame=VGA, **options)["frame"] == list(VGA)
     assert verify_preprocess(out / name, pre, frames=frames(VGA), precision=_precision(name))["failures"] == []
+    session = FrameSession(pre)
     with pytest.raises(UserInputError, match="480x640"):
-        FrameSession(pre)(frames(ODD)[0])
+        session(frames(ODD)[0])
+    # A writeable frame is read in place (OpenVINO: bound as a shared tensor), a read-only one copied: the same
+    # answers, and a frame bound on one call does not linger into the next.
+    a, b = frames(VGA)[:2]
+    assert not a.flags.writeable
+    first, other, again = (session(f)[session.names[0]] for f in (np.array(a), np.array(b), a))
+    assert not np.allclose(first, other)
+    np.testing.assert_array_equal(first, again)
 
 
 @pytest.mark.parametrize("hw,chans", [(VGA, 1), (VGA, 3), (ODD, 1), (ODD, 3)])

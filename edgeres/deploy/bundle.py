@@ -470,6 +470,11 @@ def _readme(meta: dict[str, Any], device: Any, model: _Model, measured: dict[str
                f"The model takes float32 (N, {inp['in_chans']}, {inp['img_size']}, {inp['img_size']}): "
                f"{inp['resize']} to {inp['img_size']} px, scaled to [0, 1], minus mean {inp['mean']}, "
                f"divided by std {inp['std']}; `infer.py` does this."), ""]
+    if inp["in_graph_preprocess"] and meta["backend"] == "openvino":
+        lines += ["From a camera, give `infer.run_model` each frame as a writeable C-contiguous array (what OpenCV's "
+                  "`cvtColor` returns): OpenVINO reads it in place. A read-only array, such as `np.asarray` of a PIL "
+                  "image, is copied first (1.13x the time per frame for the demo model, `benchmarks/preprocess.py` "
+                  "in edgeres).", ""]
     return "\n".join(lines)
 
 

@@ -642,6 +642,8 @@ class FrameSession:
         if path.suffix == ".xml":
             import openvino as ov
 
+            from edgeres.runtime.openvino import infer_shared
+
             config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
@@ -650,9 +652,13 @@ class FrameSession:
             compiled = ov.Core().compile_model(str(path), "CPU", config)
             request = compiled.create_infer_request()
             self.names = [o.get_any_name() for o in compiled.outputs]
-            # The request's output buffers are reused by the next call: keep copies.
-            # share_inputs: the frame is read in place, not copied first (as the Runners do)
-            self._run = lambda x: [np.array(v) for v in request.infer({0: x}, share_inputs=True).values()]
+            outputs = range(len(compiled.outputs))
+
+            def run(x: np.ndarray) -> list[np.ndarray]:
+                infer_shared(request, x)  # the frame read in place where OpenVINO can, as the Runner does
+                # The request's output buffers are reused by the next call: keep copies.
+                return [request.get_output_tensor(i).data.copy() for i in outputs]
+            self._run = run
         else:
             import onnxruntime as ort
 

@@ -74,9 +74,22 @@ class OpenVinoRunner(Runner):
         )
 
     def run(self, batch: np.ndarray) -> Outputs:
-        self._request.infer({0: batch}, share_inputs=True)
+        infer_shared(self._request, batch)
         # The request's output buffers are overwritten by the next call: hand out copies.
         return {name: self._request.get_output_tensor(i).data.copy() for i, name in enumerate(self._output_names)}
+
+
+def infer_shared(request: Any, x: np.ndarray) -> None:
+    """Run `request` on `x` read in place: a writeable C-contiguous array is bound as a shared Tensor, ~4% faster
+    per call than infer({0: x}, share_inputs=True) for the demo model, with or without a 640x480 frame in front
+    (benchmarks/preprocess.py). OpenVINO cannot share a read-only array (np.asarray of a PIL image): it copies it."""
+    import openvino as ov
+
+    if x.flags.writeable and x.flags.c_contiguous:
+        request.set_input_tensor(ov.Tensor(x, shared_memory=True))
+        request.infer()
+    else:
+        request.infer({0: x}, share_inputs=True)
 
 
 def execution_precision(hint: str, *, int8: bool, fp16_weights: bool, int8_weights: bool = False) -> str:

@@ -26,12 +26,10 @@ def prepare(image: Image.Image, meta: Any) -> tuple[np.ndarray, None]:
 def describe(outputs: Mapping[str, np.ndarray], contexts: list[Any], class_names: list[str]) -> list[dict[str, Any]]:
     """The top classes of each image, most probable first."""
     probs = softmax(np.asarray(logits(outputs), dtype=np.float64))
-    out = []
-    for row in probs:
-        order = np.argsort(-row, kind="stable")[: min(TOP_K, len(row))]
-        out.append({"class": class_names[order[0]], "class_id": int(order[0]), "probability": float(row[order[0]]),
-                    "top": [{"class": class_names[i], "class_id": int(i), "probability": float(row[i])}
-                            for i in order]})
+    out = []  # Python lists, not numpy scalars, once per row: this runs per camera frame
+    for row, order in zip(probs.tolist(), np.argsort(-probs, axis=1, kind="stable")[:, :TOP_K].tolist()):
+        top = [{"class": class_names[i], "class_id": i, "probability": row[i]} for i in order]
+        out.append({"class": top[0]["class"], "class_id": order[0], "probability": row[order[0]], "top": top})
     return out
 
 
