@@ -169,6 +169,18 @@ def test_rerun_reuses_the_trained_variants(compared, tmp_path, edgeres, monkeypa
     # Figures of training come from the record of the run that trained them.
     assert [v["train_s"] for v in doc["variants"]] == [v["train_s"] for v in compared[1]["variants"]]
 
+    # A folder written before betas and loss were recorded was trained at their defaults: reused as it is, and
+    # refused (naming the setting) for other values.
+    for record in [out / "settings.json", *(out / "models" / m / "train.json" for m in VARIANTS)]:
+        old = read_json(record)
+        assert {"betas", "loss"} <= set(old)
+        record.write_text(json.dumps({k: v for k, v in old.items() if k not in ("betas", "loss")}))
+    code, text = edgeres("compare", "--models", ",".join(VARIANTS), "--out", out, *CLI_TINY)
+    assert code == 0, text
+    assert [v["training"] for v in read_json(out / "compare.json")["variants"]] == ["reused"] * 3
+    code, text = edgeres("compare", "--models", ",".join(VARIANTS), "--out", out, *CLI_TINY, "--betas", "0.5,0.999")
+    assert code == 2 and "other settings (betas differ)" in text
+
     two_epochs = [("2" if prev == "--epochs" else arg) for prev, arg in zip(("",) + CLI_TINY, CLI_TINY)]
     code, text = edgeres("compare", "--models", ",".join(VARIANTS), "--out", out, *two_epochs)
     assert code == 2 and "other settings" in text and "epochs" in text

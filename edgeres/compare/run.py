@@ -6,6 +6,7 @@ latency belongs to the machine as it is now.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -18,6 +19,7 @@ from edgeres.artifacts import read_json, read_record, write_json
 from edgeres.compare.config import CompareConfig, LatencyConfig, class_figures
 from edgeres.compare.metrics import ECE_BINS, ImageScorer, task_figures, variant_metrics
 from edgeres.errors import UserInputError
+from edgeres.train.config import TrainConfig
 
 log = logging.getLogger("edgeres")
 
@@ -83,8 +85,8 @@ def claim(out: Path, config: CompareConfig) -> None:
     if record.is_file():
         saved = read_record(record, "it records the settings of the comparison in this folder: remove the folder "
                                     "or choose another --out")
-        if saved != settings:
-            differ = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        differ = changed(saved, settings, CompareConfig, set(saved) | set(settings))
+        if differ:
             raise UserInputError(f"{out} holds a comparison trained with other settings ({', '.join(differ)} "
                                  f"differ); rerun with the same settings to reuse it, or choose another --out")
         return
@@ -134,10 +136,24 @@ def _check_same_training(config: CompareConfig, model: str) -> None:
     path = config.variant_dir(model) / "train.json"
     saved = read_record(path, "it records how this variant was trained: remove its folder to train it again")
     wanted = json.loads(json.dumps(config.train_config(model).to_dict(), default=str))
-    differ = sorted(k for k in wanted if k not in _NOT_TRAINING and saved.get(k) != wanted[k])
+    differ = changed(saved, wanted, TrainConfig, set(wanted) - set(_NOT_TRAINING))
     if differ:
         raise UserInputError(f"{path.parent} was trained with other settings ({', '.join(differ)} differ); "
                              "remove that folder or choose another --out")
+
+
+def changed(saved: dict[str, Any], wanted: dict[str, Any], config: type, keys: set[str]) -> list[str]:
+    """The `keys` whose recorded value differs from the wanted one. A setting the record lacks (written by an
+    edgeres before that setting existed, e.g. betas and loss) was trained at `config`'s default for it."""
+    defaults = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    defaults = json.loads(json.dumps({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                      for k, v in defaults.items()}, default=str))
+    return sorted(k for k in keys if saved.get(k, defaults.get(k)) != wanted.get(k, defaults.get(k)))
 
 
 def evaluate_variant(runner, bundle: Any, scorer: ImageScorer | None = None) -> dict[str, Any]:
