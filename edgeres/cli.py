@@ -159,7 +159,8 @@ def _metrics_table(title: str, metrics: dict, task_name: str) -> None:
 def eval_cmd(
     path: Path = typer.Argument(..., help="A checkpoint directory or an exported .onnx/.xml/.engine file."),
     data: Optional[str] = typer.Option(None, help="Data to evaluate on (default: what the model was trained on)."),
-    out: Optional[Path] = typer.Option(None, help="Where metrics.json goes (default: beside the artifact)."),
+    out: Optional[Path] = typer.Option(None, help="Where metrics.json goes (default: beside the artifact, or "
+                                                  "in an eval-<data> folder there for other --data)."),
     backend: Optional[str] = typer.Option(None, help="torch, onnxruntime, openvino or tensorrt (default: by file)."),
     precision: Optional[str] = typer.Option(None, help="Ask the runtime for a precision, e.g. fp32."),
     threads: Optional[int] = typer.Option(None, help="Inference threads."),

@@ -125,6 +125,9 @@ def checkpoint_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (WEIGHTS_FILE, META_FILE):
         p = p.parent
+    if p.is_file():
+        raise UserInputError(f"{path} is a file, not a checkpoint (expected a folder with {WEIGHTS_FILE} and "
+                             f"{META_FILE}, as edgeres train writes)")
     if not p.is_dir():
         raise UserInputError(f"{path}: no such checkpoint directory (expected a folder with {WEIGHTS_FILE} and "
                              f"{META_FILE})")

@@ -1,6 +1,7 @@
 """Recipes: the whole pipeline as validated YAML. Errors name the field and what it accepts."""
 from __future__ import annotations
 
+import difflib
 import re
 import typing
 from pathlib import Path
@@ -273,7 +274,7 @@ def _describe(err: dict[str, Any], node: yaml.Node | None) -> str:
     """One validation error as `field (line L, column C): what was wrong`, quoting no text from the file.
 
     Schema field names are safe to print; an unknown key is the file's own text (`edgeres run /etc/shadow`
-    turns every line into one), so it is given by position only.
+    turns every line into one), so it is given by position only, with the schema's nearest name as a guess.
     """
     unknown = err["type"] == "extra_forbidden"
     known = err["loc"][:-1] if unknown else err["loc"]
@@ -281,7 +282,10 @@ def _describe(err: dict[str, Any], node: yaml.Node | None) -> str:
     where = (".".join(map(str, known)) or "top level") + (f" (line {mark.line + 1}, column {mark.column + 1})"
                                                           if mark else "")
     if unknown:
-        return f"{where}: unknown field; expected one of {', '.join(_fields(known))}"
+        fields = _fields(known)
+        near = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
+        guess = f" (did you mean {near[0]}?)" if near else ""
+        return f"{where}: unknown field{guess}; expected one of {', '.join(fields)}"
     return f"{where}: {err['msg']}"
 
 

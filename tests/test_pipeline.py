@@ -100,7 +100,10 @@ def test_changed_stage_config_reruns_it_and_what_follows(first_run, tmp_path):
 @pytest.mark.parametrize("patch,field", [
     ({"train": {"model": "test_resnet", "epochs": 0}}, r"train\.epochs"),
     # An unknown key is the file's own text: it is located by line, not quoted.
-    ({"data": {"source": "digits", "img_size": 16, "colour": True}}, r"data \(line \d+, column \d+\): unknown field"),
+    ({"data": {"source": "digits", "img_size": 16, "colour": True}}, r"data \(line \d+, column \d+\): unknown field;"),
+    # ... with the schema's nearest name as a guess (a schema name, not the file's text)
+    ({"train": {"model": "test_resnet", "epochz": 3}}, r"train \(line \d+, column \d+\): unknown field \(did you "
+                                                       r"mean epochs\?\); expected one of epochs"),
     ({"export": {"to": ["tflite"]}}, r"export\.to"),
 ])
 def test_invalid_recipe_names_the_field(tmp_path, patch, field):

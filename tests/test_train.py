@@ -55,6 +55,30 @@ def test_eval_reproduces_training_metrics(trained, tmp_path):
     assert written == tmp_path / "ev" / "metrics.json"
 
 
+def test_eval_on_other_data_keeps_the_runs_own_metrics(trained, tmp_path):
+    """Metrics on other data than the run's go to eval-<data>/ inside the checkpoint, and record the data."""
+    import shutil
+
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained.out_dir, run)
+    own = (run / "metrics.json").read_bytes()
+    photos = tmp_path / "shop photos"
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        (photos / str(c)).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(photos / str(c) / f"{i}.png")
+    metrics, written = evaluate_artifact(run, data=str(photos))
+    assert written == run / "eval-shop_photos" / "metrics.json"
+    assert (run / "metrics.json").read_bytes() == own
+    recorded = read_json(written)
+    assert recorded["data"]["source"] == str(photos) and recorded["test"]["n"] == metrics["test"]["n"] < 60
+    # The run's own data named again is no other data: its metrics.json, as before.
+    assert evaluate_artifact(run, data="digits")[1] == run / "metrics.json"
+
+
 def test_same_seed_same_metrics(trained, tmp_path):
     again = train(cfg(tmp_path / "b"))
     assert again.metrics["test"] == trained.metrics["test"]
@@ -64,6 +88,20 @@ def test_same_seed_same_metrics(trained, tmp_path):
 def test_existing_run_is_not_overwritten(trained):
     with pytest.raises(UserInputError, match="--resume"):
         train(cfg(trained.out_dir))
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_out_that_is_a_file_is_refused(tmp_path, resume):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    for name, text in (("model.json", "{}"), ("model.safetensors", "weights")):
+        (tmp_path / "run" / name).write_text(text)
+    for out in (afile, tmp_path / "run" / "model.json"):  # a checkpoint's own file is not its run folder
+        before = out.read_bytes()
+        with pytest.raises(UserInputError, match=r"^--out .* is a file; expected a folder for the training run$"):
+            train(cfg(out, resume=resume))
+        assert out.read_bytes() == before
 
 
 def test_resume_without_state_is_refused(tmp_path):

@@ -267,6 +267,9 @@ def graph_cost(artifact: str | Path, batch: int | None = None, precision: str | 
     if precision is not None and precision not in FLOAT_PRECISIONS:
         raise UserInputError(f"precision is the float layers' one, {list(FLOAT_PRECISIONS)}; got {precision!r} "
                              "(int8 comes from a quantized graph)")
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder; the estimate reads an exported graph, a .onnx file or an OpenVINO "
+                             ".xml (export a checkpoint first with `edgeres export`)")
     if not path.is_file():
         raise UserInputError(f"{path}: no such file (expected an exported .onnx file or OpenVINO .xml)")
     readers = {".onnx": _read_onnx, ".xml": _read_openvino}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,37 @@ def load_task_data(meta, data: str | None = None) -> Any:
     return get_task(meta.task).load_data(data_config_for(meta, data))
 
 
-def default_eval_dir(path: str | Path) -> Path:
-    """Checkpoints keep their metrics inside; an exported file gets `<name>.eval/` beside it."""
+def default_eval_dir(path: str | Path, other_data: str | None = None) -> Path:
+    """Checkpoints keep their metrics inside; an exported file gets `<name>.eval/` beside it. Metrics on other data
+    than the model's own (`other_data`) get a folder of their own, `eval-<data>/` inside a checkpoint and
+    `<name>.eval-<data>/` beside a file, so the run's own metrics.json stays the run's."""
     p = Path(path)
-    return checkpoint_dir(p) if is_checkpoint(p) else p.parent / f"{p.name}.eval"
+    suffix = f"-{_slug(other_data)}" if other_data else ""
+    return checkpoint_dir(p) / f"eval{suffix}" if is_checkpoint(p) and suffix else (
+        checkpoint_dir(p) if is_checkpoint(p) else p.parent / f"{p.name}.eval{suffix}")
+
+
+def _slug(data: str) -> str:
+    """A folder-name part for a data set name or path: its last component, [A-Za-z0-9._-] only."""
+    name = Path(data.rstrip("/\\")).name or "data"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
 
 
 def evaluate_artifact(path: str | Path, data: str | None = None, out: str | Path | None = None,
                       backend: str | None = None, precision: str | None = None, threads: int | None = None,
                       batch_size: int = 64, progress=None) -> tuple[dict[str, Any], Path]:
-    """Evaluate a checkpoint or exported file on its test and val splits; write metrics.json and plots."""
+    """Evaluate a checkpoint or exported file on its test and val splits; write metrics.json (which records the
+    data) and plots."""
     from edgeres import runtime
 
     runner = runtime.load(path, backend=backend, precision=precision, threads=threads)
-    bundle = load_task_data(runner.meta, data)
+    config = data_config_for(runner.meta, data)
+    task = get_task(runner.meta.task)
+    bundle = task.load_data(config)
+    other = data if data and data != (runner.meta.data or {}).get("source") else None
     metrics, predictions = evaluate_runner(runner, bundle, batch_size=batch_size, progress=progress)
-    written = write_metrics(metrics, runner.info.to_dict(), out or default_eval_dir(path), bundle.class_names,
-                            get_task(runner.meta.task), examples=(bundle, predictions.get("test")))
+    written = write_metrics(metrics, runner.info.to_dict(), out or default_eval_dir(path, other), bundle.class_names,
+                            task, examples=(bundle, predictions.get("test")), data=config.to_dict())
     return metrics, written
 
 

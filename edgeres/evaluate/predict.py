@@ -63,10 +63,12 @@ def evaluate_runner(runner, bundle, splits: tuple[str, ...] = ("test", "val"), b
 
 
 def write_metrics(metrics: dict[str, Any], runner_info: dict[str, Any], out_dir: str | Path,
-                  class_names: list[str], task: Task, examples: tuple[Any, Any] | None = None) -> Path:
+                  class_names: list[str], task: Task, examples: tuple[Any, Any] | None = None,
+                  data: dict[str, Any] | None = None) -> Path:
     """Write metrics.json and the task's plots of each split into `out_dir`.
 
-    examples: (bundle, test predictions) to picture (the task decides what, e.g. boxes on test images)."""
+    examples: (bundle, test predictions) to picture (the task decides what, e.g. boxes on test images);
+    data: the data configuration measured on, recorded in metrics.json."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out} is a file; metrics.json and the plots go into a folder")
@@ -74,5 +76,6 @@ def write_metrics(metrics: dict[str, Any], runner_info: dict[str, Any], out_dir:
     task.write_plots(metrics, out, class_names)
     if examples is not None and examples[1] is not None:
         task.write_examples(examples[0], examples[1], out)
-    write_json(out / "metrics.json", {"task": task.name, **metrics, "runner": runner_info})
+    write_json(out / "metrics.json", {"task": task.name, **metrics, "runner": runner_info,
+                                      **({"data": data} if data is not None else {})})
     return out / "metrics.json"

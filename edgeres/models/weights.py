@@ -64,8 +64,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for foreign or unsafe files
-        raise UserInputError(f"{path}: not a loadable weights file ({type(e).__name__}: {str(e)[:200]}); "
-                             "expected a state dict in .pth/.pt/.bin, a .safetensors file or an edgeres checkpoint") from e
+        # torch's own text suggests weights_only=False, which would run the file's code: only its finding is kept
+        text = str(e).strip()
+        if "WeightsUnpickler error:" in text:
+            reason = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].splitlines()[0][:160]
+        else:
+            reason = text.splitlines()[0][:160] if text else "unreadable"
+        raise UserInputError(f"{path}: not a loadable weights file ({type(e).__name__}: {reason}); expected a state "
+                             "dict in .pth/.pt/.bin, a .safetensors file or an edgeres checkpoint") from e
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
