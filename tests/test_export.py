@@ -1,6 +1,9 @@
 import json
+import logging
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +22,65 @@ def exported(tiny_checkpoint, tmp_path_factory):
     return out, doc
 
 
+@pytest.fixture(scope="module")
+def published_fp32(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp32") / "export"
+    doc = export_checkpoint(tiny_checkpoint, out, ExportConfig(formats=("onnx", "openvino"), precisions=("fp32",)))
+    return out, doc
+
+
+def _strings(value, where=()):
+    """(key path, text) of every string in a JSON document."""
+    if isinstance(value, dict):
+        for key, v in value.items():
+            yield from _strings(v, (*where, key))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*where, i))
+    elif isinstance(value, str):
+        yield where, value
+
+
+def _assert_names_only_published_paths(out, doc):
+    """No value of export.json points into the staging folder (deleted once published); every path exists."""
+    texts = list(_strings(read_json(out / "export.json")))
+    assert texts and read_json(out / "export.json") == doc
+    for where, text in texts:
+        assert ".staging." not in text, (where, text)
+        if where[-1] in ("file", "path", "bin_path", "source", "source_ir", "sidecar") or text.startswith(str(out)):
+            assert Path(text).exists(), (where, text)
+
+
+def test_export_json_names_no_staging_path(published_fp32):
+    out, doc = published_fp32
+    _assert_names_only_published_paths(out, doc)
+    openvino = next(a for a in doc["artifacts"] if a["format"] == "openvino")
+    assert openvino["path"] == openvino["file"] == str(out / "model.fp32.xml")
+    assert openvino["bin_path"] == str(out / "model.fp32.bin")
+
+
+def test_narrower_rerun_warns_about_the_files_it_replaces(published_fp32, tiny_checkpoint, tmp_path, caplog):
+    out = tmp_path / "export"
+    shutil.copytree(published_fp32[0], out)
+    onnx_only = ExportConfig(formats=("onnx",), precisions=("fp32",))
+    with caplog.at_level(logging.WARNING, logger="edgeres"):
+        export_checkpoint(tiny_checkpoint, out, onnx_only)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert str(out) in warnings[0] and "model.fp32.xml, model.fp32.bin are not part" in warnings[0]
+    assert "model.fp32.onnx" not in warnings[0] and "--to onnx,openvino --precision fp32" in warnings[0]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.fp32.onnx"]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgeres"):
+        export_checkpoint(tiny_checkpoint, out, onnx_only)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_every_export_validated_and_recorded(exported):
     out, doc = exported
     assert doc == read_json(out / "export.json")
+    _assert_names_only_published_paths(out, doc)
     assert {(a["backend"], a["precision"]) for a in doc["artifacts"]} == {
         ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")}
     assert doc["failed"] == [] and not (out / ".staging").exists()
@@ -104,6 +163,8 @@ def test_failed_validation_is_not_left_looking_finished(tiny_checkpoint, tmp_pat
     assert "cosine" in doc["failed"][0]["validation"]["failures"][0]
     assert not (tmp_path / "model.int8.onnx").exists()
     assert (tmp_path / "failed" / "model.int8.onnx").is_file()
+    _assert_names_only_published_paths(tmp_path, doc)
+    assert doc["failed"][0]["quantization"]["path"] == str(tmp_path / "failed" / "model.int8.onnx")
 
 
 def test_exporter_error_is_a_failed_entry(tiny_checkpoint, tmp_path, monkeypatch):

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_versions, remove_leftovers,
-                               sha256_file, write_json)
+from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_versions, read_json,
+                               remove_leftovers, sha256_file, write_json)
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres import runtime
@@ -350,6 +350,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
         document = _document(ctx, entries, failed)
         write_json(ctx.new_set / EXPORT_FILE, document)
         _carry_over(out, ctx.new_set)
+        _warn_dropped(out, document)
         _swap_in(ctx.new_set, out)
     finally:
         shutil.rmtree(ctx.staging.parent, ignore_errors=True)
@@ -373,6 +374,65 @@ def _document(ctx: _Context, entries: list[dict[str, Any]], failed: list[dict[st
     }
 
 
+def _warn_dropped(out: Path, document: dict[str, Any]) -> None:
+    """Warn when the set about to replace `out` leaves out files of the previous export's other formats.
+
+    The folder holds one export and its export.json describes every file in it, so a narrower rerun replaces
+    the whole set; the user is told which files go and how to keep them."""
+    previous = out / EXPORT_FILE
+    if not previous.is_file():
+        return
+    try:
+        old = read_json(previous)
+    except (OSError, ValueError):  # a damaged record: nothing reliable to compare against
+        return
+    runs = [*document["artifacts"], *document["failed"]]
+    asked = {(e["format"], e["precision"]) for e in runs}
+    kept = {n for e in runs for n in _entry_names(e)}
+    dropped: dict[str, None] = {}
+    formats, precisions = {e["format"]: None for e in runs}, {e["precision"]: None for e in runs}
+    for entry in [*old.get("artifacts", []), *old.get("failed", [])]:
+        if not isinstance(entry, dict) or (entry.get("format"), entry.get("precision")) in asked:
+            continue
+        gone = [n for n in _entry_names(entry) if n not in kept and (out / n).exists()]
+        if gone:
+            dropped.update(dict.fromkeys(gone))
+            formats[entry["format"]] = precisions[entry["precision"]] = None
+    if dropped:
+        log.warning("replaced the previous export in %s: %s %s not part of this one (export with --to %s "
+                    "--precision %s to keep them)", out, ", ".join(dropped), "is" if len(dropped) == 1 else "are",
+                    ",".join(formats), ",".join(precisions))
+
+
+def _entry_names(entry: dict[str, Any]) -> list[str]:
+    """What an export.json entry put in its folder: files, a TensorRT bundle's folder, failed/ files."""
+    names = list(entry.get("files") or [])
+    if not names and entry.get("file"):  # export.json written before per-file records
+        file = Path(entry["file"])
+        names = [f"failed/{file.name}" if file.parent.name == "failed" else file.name]
+    top = (n.split("/", 2)[:2] if n.startswith("failed/") else n.split("/")[:1] for n in names)
+    return list(dict.fromkeys("/".join(parts) for parts in top))
+
+
+_DROP = object()
+
+
+def _published(value: Any, moved: dict[Path, Path], staging_root: Path) -> Any:
+    """`value` with every path into the staging folder made the path its file was published at; a path to an
+    intermediate that was never published (it is deleted with the staging folder) is dropped."""
+    if isinstance(value, dict):
+        kept = {k: _published(v, moved, staging_root) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not _DROP}
+    if isinstance(value, list):
+        return [v for v in (_published(v, moved, staging_root) for v in value) if v is not _DROP]
+    if not isinstance(value, str) or not Path(value).is_relative_to(staging_root):
+        return value
+    for staged, final in moved.items():
+        if Path(value).is_relative_to(staged):
+            return str(final / Path(value).relative_to(staged))
+    return _DROP
+
+
 def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
     backend, exporter = _EXPORTERS[fmt]
     try:
@@ -388,7 +448,11 @@ def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
         entry["note"] = "engine to be built on the target with build_engine.sh / build_engine.py"
     else:
         entry["validation"] = _validate(ctx, main, precision, backend)
-    if fmt != "tensorrt" and entry["validation"]["failures"]:
+    # Exporters record where they wrote, inside the staging folder that is gone once the set is published.
+    rejected = fmt != "tensorrt" and bool(entry["validation"]["failures"])
+    folder = ctx.out / "failed" if rejected else ctx.out
+    entry = _published(entry, {p: folder / p.name for p in staged}, ctx.staging.parent)
+    if rejected:
         # Kept for inspection in failed/, never under the name a working export would have.
         hashes = _add_to_set(staged, ctx.new_set, "failed")
         entry.update(status="failed", file=str(ctx.out / "failed" / main.name), files=hashes)
