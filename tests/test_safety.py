@@ -112,12 +112,12 @@ def test_reexport_swaps_the_set_and_keeps_the_users_files(ir_export, tiny_checkp
 
 
 def test_a_set_moved_aside_by_a_kill_is_restored(tmp_path):
-    from edgeres.export import _recover
+    from edgeres.export.publish import recover
 
     aside = tmp_path / f".exports.old.{DEAD_PID}-0"
     aside.mkdir()
     (aside / "export.json").write_text("{}")
-    _recover(tmp_path / "exports")
+    recover(tmp_path / "exports")
     assert (tmp_path / "exports" / "export.json").is_file() and not aside.exists()
 
 

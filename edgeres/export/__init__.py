@@ -1,18 +1,15 @@
 """Export a checkpoint to edge formats; every file is validated against the PyTorch model before it is kept.
 
 Publishing is all-or-nothing: the whole set (files, failed/ and export.json) is built in a staging folder
-beside `out`, then swapped in by renames, so a reader never sees the new model's .xml beside the old one's
-.bin, or files under an export.json that describes others. export.json records every file's sha256, and
-the runners refuse a file that no longer matches.
+beside `out`, then swapped in by renames (edgeres.export.publish), so a reader never sees the new model's .xml
+beside the old one's .bin, or files under an export.json that describes others. export.json records every
+file's sha256, and the runners refuse a file that no longer matches.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import logging
-import os
-import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -20,12 +17,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgeres.artifacts import (EXPORT_RECORD, leftover_of_dead_writer, package_versions, read_json,
-                               remove_leftovers, sha256_file, write_json)
+from edgeres.artifacts import EXPORT_RECORD, package_versions, write_json
 from edgeres.checkpoint import checkpoint_dir, checkpoint_sha256, load_checkpoint
 from edgeres.errors import UserInputError
 from edgeres import runtime
 from edgeres.evaluate.predict import evaluate_runner
+from edgeres.export import publish
 from edgeres.export.onnx.convert import export_module
 from edgeres.export.onnx.quantize import METHODS as INT8_METHODS
 from edgeres.export.openvino.quantize import PRESETS as INT8_PRESETS
@@ -39,9 +36,6 @@ log = logging.getLogger("edgeres")
 FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_FILE = EXPORT_RECORD
-# Names an export writes into `out`: an older entry by one of these names is replaced by the new set.
-# Anything else found in `out` is the user's and is carried into the new set untouched.
-_OURS = re.compile(r"(model\.(fp32|fp16|int8)\.(onnx|xml|bin)|tensorrt-(fp32|fp16|int8)|failed|export\.json|\.staging)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +145,7 @@ def _prepare(ckpt: str | Path, out: Path, config: ExportConfig) -> _Context:
     with evaluating(model):
         reference = {name: out.numpy() for name, out in named_outputs(module, torch.from_numpy(val_batch)).items()}
     source_metric = _val_metric(runtime.load(source, backend="torch"), bundle)
-    root = _staging_root(out)
+    root = publish.staging_root(out)
     (root / "work").mkdir(parents=True)
     (root / "set").mkdir()
     return _Context(model, names, meta, source, checkpoint_sha256(source), out, root / "work", root / "set", calib,
@@ -173,57 +167,6 @@ def _check_out(out: Path, source: Path) -> None:
                              "(the default is CHECKPOINT/exports)")
 
 
-def _prefix(out: Path, kind: str) -> str:
-    return f".{out.name}.{kind}."
-
-
-def _staging_root(out: Path) -> Path:
-    """A fresh staging folder beside `out` (same file system, so publishing is a rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent / f"{_prefix(out, 'staging')}{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _recover(out: Path) -> None:
-    """Undo what a killed export left: put back a set moved aside but never replaced, drop staging folders."""
-    moved = sorted(p for p in out.parent.glob(_prefix(out, "old") + "*")
-                   if leftover_of_dead_writer(p, _prefix(out, "old")))
-    if moved and not out.exists():
-        moved[-1].rename(out)
-        log.warning("restored %s from %s, left by an interrupted export", out, moved[-1])
-    for kind in ("old", "staging"):
-        for p in remove_leftovers(out.parent, _prefix(out, kind)):
-            log.info("removed %s, left by an interrupted export", p)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst, follow_symlinks=False)  # a second name for the same bytes: nothing to lose if killed
-    except OSError:
-        shutil.copy2(src, dst, follow_symlinks=False)
-
-
-def _carry_over(out: Path, new_set: Path) -> None:
-    """Give the new set every entry of `out` that is not an export's own (the user's notes, eval folders)."""
-    if not out.is_dir():
-        return
-    for p in out.iterdir():
-        if _OURS.fullmatch(p.name) or (new_set / p.name).exists():
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.copytree(p, new_set / p.name, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(str(p), str(new_set / p.name))
-
-
-def _swap_in(new_set: Path, out: Path) -> None:
-    """Replace `out` by `new_set`. A kill between the renames leaves the old set aside, restored next run."""
-    old = out.parent / f"{_prefix(out, 'old')}{os.getpid()}-{secrets.token_hex(4)}"
-    if out.exists():
-        out.rename(old)
-    new_set.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict[str, Any]:
     """Run a staged file through its edgeres Runner on real images and judge it against PyTorch; then measure
     the task's headline metric on the val split, beside the checkpoint's."""
@@ -239,18 +182,6 @@ def _validate(ctx: _Context, staged: Path, precision: str, backend: str) -> dict
             "failures": failures, "inputs": "validation split",
             f"val_{task.metric}": metric, f"source_val_{task.metric}": ctx.source_metric,
             f"val_{task.metric}_delta": delta}
-
-
-def _add_to_set(staged: list[Path], new_set: Path, folder: str = ".") -> dict[str, str]:
-    """Move staged files into `folder` of the new set; returns {path in the set: sha256} of every file."""
-    (new_set / folder).mkdir(parents=True, exist_ok=True)
-    hashes = {}
-    for p in staged:
-        dest = new_set / folder / p.name
-        p.replace(dest)
-        files = sorted(f for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else [dest]
-        hashes.update({f.relative_to(new_set).as_posix(): sha256_file(f) for f in files})
-    return hashes
 
 
 def _float_onnx(ctx: _Context, dynamic_batch: bool, nms: dict[str, Any] | None) -> Path:
@@ -334,7 +265,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
     """Export `ckpt` to every (format, precision) in `config` under `out`; write and return export.json."""
     out = Path(out)
     _check_out(out, checkpoint_dir(ckpt))
-    _recover(out)
+    publish.recover(out)
     ctx = _prepare(ckpt, out, config)
     entries, failed = [], []
     try:
@@ -349,9 +280,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, config: ExportConfig = 
                 (failed if entry["status"] == "failed" else entries).append(entry)
         document = _document(ctx, entries, failed)
         write_json(ctx.new_set / EXPORT_FILE, document)
-        _carry_over(out, ctx.new_set)
-        _warn_dropped(out, document)
-        _swap_in(ctx.new_set, out)
+        publish.carry_over(out, ctx.new_set)
+        publish.warn_dropped(out, document)
+        publish.swap_in(ctx.new_set, out)
     finally:
         shutil.rmtree(ctx.staging.parent, ignore_errors=True)
     return document
@@ -374,65 +305,6 @@ def _document(ctx: _Context, entries: list[dict[str, Any]], failed: list[dict[st
     }
 
 
-def _warn_dropped(out: Path, document: dict[str, Any]) -> None:
-    """Warn when the set about to replace `out` leaves out files of the previous export's other formats.
-
-    The folder holds one export and its export.json describes every file in it, so a narrower rerun replaces
-    the whole set; the user is told which files go and how to keep them."""
-    previous = out / EXPORT_FILE
-    if not previous.is_file():
-        return
-    try:
-        old = read_json(previous)
-    except (OSError, ValueError):  # a damaged record: nothing reliable to compare against
-        return
-    runs = [*document["artifacts"], *document["failed"]]
-    asked = {(e["format"], e["precision"]) for e in runs}
-    kept = {n for e in runs for n in _entry_names(e)}
-    dropped: dict[str, None] = {}
-    formats, precisions = {e["format"]: None for e in runs}, {e["precision"]: None for e in runs}
-    for entry in [*old.get("artifacts", []), *old.get("failed", [])]:
-        if not isinstance(entry, dict) or (entry.get("format"), entry.get("precision")) in asked:
-            continue
-        gone = [n for n in _entry_names(entry) if n not in kept and (out / n).exists()]
-        if gone:
-            dropped.update(dict.fromkeys(gone))
-            formats[entry["format"]] = precisions[entry["precision"]] = None
-    if dropped:
-        log.warning("replaced the previous export in %s: %s %s not part of this one (export with --to %s "
-                    "--precision %s to keep them)", out, ", ".join(dropped), "is" if len(dropped) == 1 else "are",
-                    ",".join(formats), ",".join(precisions))
-
-
-def _entry_names(entry: dict[str, Any]) -> list[str]:
-    """What an export.json entry put in its folder: files, a TensorRT bundle's folder, failed/ files."""
-    names = list(entry.get("files") or [])
-    if not names and entry.get("file"):  # export.json written before per-file records
-        file = Path(entry["file"])
-        names = [f"failed/{file.name}" if file.parent.name == "failed" else file.name]
-    top = (n.split("/", 2)[:2] if n.startswith("failed/") else n.split("/")[:1] for n in names)
-    return list(dict.fromkeys("/".join(parts) for parts in top))
-
-
-_DROP = object()
-
-
-def _published(value: Any, moved: dict[Path, Path], staging_root: Path) -> Any:
-    """`value` with every path into the staging folder made the path its file was published at; a path to an
-    intermediate that was never published (it is deleted with the staging folder) is dropped."""
-    if isinstance(value, dict):
-        kept = {k: _published(v, moved, staging_root) for k, v in value.items()}
-        return {k: v for k, v in kept.items() if v is not _DROP}
-    if isinstance(value, list):
-        return [v for v in (_published(v, moved, staging_root) for v in value) if v is not _DROP]
-    if not isinstance(value, str) or not Path(value).is_relative_to(staging_root):
-        return value
-    for staged, final in moved.items():
-        if Path(value).is_relative_to(staged):
-            return str(final / Path(value).relative_to(staged))
-    return _DROP
-
-
 def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
     backend, exporter = _EXPORTERS[fmt]
     try:
@@ -451,14 +323,14 @@ def _export_one(ctx: _Context, fmt: str, precision: str) -> dict[str, Any]:
     # Exporters record where they wrote, inside the staging folder that is gone once the set is published.
     rejected = fmt != "tensorrt" and bool(entry["validation"]["failures"])
     folder = ctx.out / "failed" if rejected else ctx.out
-    entry = _published(entry, {p: folder / p.name for p in staged}, ctx.staging.parent)
+    entry = publish.published(entry, {p: folder / p.name for p in staged}, ctx.staging.parent)
     if rejected:
         # Kept for inspection in failed/, never under the name a working export would have.
-        hashes = _add_to_set(staged, ctx.new_set, "failed")
+        hashes = publish.add_to_set(staged, ctx.new_set, "failed")
         entry.update(status="failed", file=str(ctx.out / "failed" / main.name), files=hashes)
         log.error("%s %s failed validation: %s", fmt, precision, "; ".join(entry["validation"]["failures"]))
         return entry
-    hashes = _add_to_set(staged, ctx.new_set)
+    hashes = publish.add_to_set(staged, ctx.new_set)
     sizes = sum((ctx.new_set / name).stat().st_size for name in hashes)
     entry.update(status="ok", file=str(ctx.out / main.name), bytes=sizes, sha256=hashes.get(main.name),
                  files=hashes)
