@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,25 @@ def unrelated_reason(baseline: str | Path, candidate: str | Path, base: Any, can
     return (f"{candidate} does not descend from {baseline}: the baseline has {what}, which is not among the "
             f"candidate's own or recorded source checkpoints ({', '.join(sorted(s[:12] for s in ancestry)) or 'none'})"
             "; a gate between unrelated models measures nothing")
+
+
+def check_outputs(**outputs: str | Path | None) -> None:
+    """Refuse report paths the gate could not write, before minutes of evaluating both models.
+
+    outputs: {option name: path or None}, e.g. junit=..., json=...; a path must not be a folder, and its
+    nearest existing parent must be a folder this process can write into (missing folders are made).
+    """
+    for option, value in outputs.items():
+        if value is None:
+            continue
+        path, flag = Path(value), f"--{option.replace('_', '-')}"
+        if path.is_dir():
+            raise UserInputError(f"{flag} {path} is a folder; expected a file path for the {option} report")
+        parent = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+        if not parent.is_dir():
+            raise UserInputError(f"{flag} {path}: {parent} is a file, so the report cannot be written beneath it")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserInputError(f"{flag} {path}: the folder {parent} is not writable; choose another path")
 
 
 def check_artifacts(baseline: str | Path, candidate: str | Path, config: GateConfig, data: str | None = None,

@@ -357,12 +357,13 @@ def bench_cmd(
     report: bool = typer.Option(True, help="Also write report.md / report.html / plots into --out."),
 ) -> None:
     """Latency (p50/p90/p99), size, peak memory and accuracy of each artifact, measured the same way."""
-    from edgeres.bench.run import BenchConfig, bench_artifacts, write_results
+    from edgeres.bench.run import BenchConfig, bench_artifacts, check_out, write_results
 
     config = BenchConfig(batch_sizes=int_values(batch_sizes, "--batch-sizes"),
                          threads=int_values(threads, "--threads"),
                          runs=runs, warmup=warmup, budget_s=budget, min_seconds=min_seconds, precision=precision,
                          accuracy=accuracy)
+    check_out(out)  # before measuring, not after
     with progress_bar("benchmarking", total=None) as advance:
         results = bench_artifacts(artifacts, config, baseline, progress=lambda what: advance(0, now=what))
     written = write_results(results, out)
@@ -392,11 +393,9 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, help="Output directory (default: beside results.json)."),
 ) -> None:
     """Render report.md, a self-contained report.html and plots from results.json."""
-    import json
+    from edgeres.report.schema import read_results
 
-    from edgeres.artifacts import read_user_document
-
-    data = read_user_document(results, json.loads, (json.JSONDecodeError,), "a results.json from `edgeres bench`")
+    data = read_results(results)  # a wrong field exits 2 naming the file and the field
     _print_summary(data)
     _render(data, out or results.parent)
 
@@ -423,12 +422,13 @@ def check_cmd(
 ) -> None:
     """The CI gate: exit 0 when the candidate keeps accuracy (and latency/size) within limits, 1 when not."""
     from edgeres.artifacts import write_json
-    from edgeres.check import check_artifacts
+    from edgeres.check import check_artifacts, check_outputs
     from edgeres.evaluate.gate import GateConfig, check_rows, write_junit
 
     config = GateConfig(max_drop=max_drop, max_class_drop=max_class_drop, max_latency_ms=max_latency_ms,
                         max_size_mb=max_size_mb, max_explanation_drift=max_explanation_drift,
                         explanation_images=explanation_images)
+    check_outputs(junit=junit, json=json_out)  # a bad report path exits 2 before both models are evaluated
     result = check_artifacts(baseline, candidate, config, data=data, threads=threads,
                              allow_unrelated=allow_unrelated)
     columns, rows = check_rows(result)

@@ -135,8 +135,8 @@ class CheckStage(_Strict):
     candidate: str = "fastest-int8"   # "fastest-int8", "fastest", or an artifact file name
     max_drop: float = Field(1.0, ge=0)
     max_class_drop: Optional[float] = Field(None, ge=0)
-    max_latency_ms: Optional[float] = Field(None, ge=0)
-    max_size_mb: Optional[float] = Field(None, ge=0)
+    max_latency_ms: Optional[float] = Field(None, gt=0)
+    max_size_mb: Optional[float] = Field(None, gt=0)
     max_explanation_drift: Optional[float] = Field(None, ge=0, le=2)  # 1 - mean rank correlation of occlusion maps
     explanation_images: int = Field(16, ge=1)
 

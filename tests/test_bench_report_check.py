@@ -58,6 +58,54 @@ def test_bench_refuses_unknown_artifact(tmp_path):
         bench_artifacts([tmp_path / "missing.onnx"])
 
 
+@pytest.mark.parametrize("option,value,message", [
+    ("--budget", -1, "--budget (budget_s) must be a number of seconds > 0, got -1.0"),
+    ("--budget", 0, "--budget (budget_s) must be a number of seconds > 0, got 0.0"),
+    ("--min-seconds", -5, "--min-seconds (min_seconds) must be a number of seconds >= 0, got -5.0")])
+def test_bench_refuses_impossible_time_limits(edgeres, tmp_path, option, value, message):
+    # Refused while the config is made, before anything is measured: the artifact need not even exist.
+    code, out = edgeres("bench", tmp_path / "model.onnx", "-o", tmp_path / "out", option, value)
+    assert code == 2 and message in out.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
+    assert BenchConfig(budget_s=None, min_seconds=0).budget_s is None  # no budget and no minimum stay valid
+
+
+@pytest.mark.parametrize("limits", [dict(budget_s=0), dict(budget_s=float("nan")), dict(min_seconds=-5)])
+def test_time_calls_refuses_impossible_time_limits(limits):
+    from edgeres.bench.latency import time_calls
+
+    calls = []
+    with pytest.raises(UserInputError, match="budget_s must be None or seconds > 0 and min_seconds seconds >= 0"):
+        time_calls(lambda: calls.append(1), warmup=1, runs=5, **limits)
+    assert calls == []  # refused before any call
+
+
+def test_bench_out_that_is_a_file_is_refused(tmp_path):
+    from edgeres.bench.run import check_out, write_results
+
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep me")
+    for refuse in (check_out, lambda out: write_results({}, out)):
+        with pytest.raises(UserInputError, match=r"is a file; expected a folder for results.json"):
+            refuse(afile)
+    assert afile.read_text() == "keep me"
+
+
+def test_check_refuses_report_paths_it_cannot_write_before_evaluating(tmp_path):
+    from edgeres.check import check_outputs
+
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    with pytest.raises(UserInputError, match=r"^--junit .*reports is a folder; expected a file path"):
+        check_outputs(junit=folder, json=tmp_path / "j.json")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("")
+    with pytest.raises(UserInputError, match=r"^--json .*afile.txt is a file, so the report cannot be written"):
+        check_outputs(junit=None, json=afile / "sub" / "j.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "reports"]  # nothing was written
+    check_outputs(junit=tmp_path / "new" / "junit.xml", json=None)  # a missing folder is made when writing
+
+
 def _chromium():
     for name in ("chromium", "chromium-browser"):
         if shutil.which(name) and shutil.which("chromedriver"):

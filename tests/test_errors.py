@@ -241,6 +241,28 @@ def test_check_junit_into_a_folder_or_under_a_file(edgeres, ckpt, tmp_path):
     _refused(edgeres("check", "--baseline", ckpt, "--candidate", ckpt, "--junit", under_file), "junit.xml")
 
 
+def test_out_that_is_a_file_is_refused_before_the_work(edgeres, ckpt, tmp_path, monkeypatch):
+    """prune and bench refuse an --out that is a file before pruning or measuring (the file stays as it was)."""
+    import edgeres.bench.run as bench_run
+    from edgeres.compress import job
+
+    def never(*args, **kwargs):
+        raise AssertionError("the work ran before --out was checked")
+
+    monkeypatch.setattr(bench_run, "bench_artifacts", never)
+    monkeypatch.setattr(job, "prune", never)
+    note = tmp_path / "notes.txt"
+    note.write_text("keep")
+    _refused(edgeres("bench", ckpt, "--out", note, "--runs", "1"), "notes.txt is a file; expected a folder")
+    _refused(edgeres("prune", ckpt, "--macs", "0.5", "--out", note), "notes.txt is a file; expected a folder")
+    assert note.read_text() == "keep"
+
+
+def test_a_detector_on_a_classification_set_is_told_so(edgeres, tmp_path):
+    _refused(edgeres("train", "-m", "test_yolo", "-d", "digits", "--epochs", "1", "-o", tmp_path / "r"),
+             "digits is a built-in classification set", "shapes-det")
+
+
 @pytest.mark.parametrize("command", ["eval", "bench"])
 def test_threads_zero(edgeres, ckpt, tmp_path, command):
     args = ["eval", ckpt] if command == "eval" else ["bench", ckpt, "--out", tmp_path / "b", "--runs", "1"]

@@ -146,6 +146,24 @@ def test_config_validation_names_the_field(field, value):
         GateConfig(**{field: value})
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("max_latency_ms", 0.0, "max_latency_ms (--max-latency-ms) must be None or a number > 0, got 0.0"),
+    ("max_size_mb", 0.0, "max_size_mb (--max-size-mb) must be None or a number > 0, got 0.0"),
+    ("max_drop", -1.0, "max_drop (--max-drop) must be a number >= 0, got -1.0"),
+    ("n_boot", 10, "n_boot must be an integer >= 100, got 10")])  # a recipe-only field names no option
+def test_limits_no_candidate_can_meet_are_bad_input_named_as_the_user_gives_them(field, value, message):
+    with pytest.raises(UserInputError) as info:
+        GateConfig(**{field: value})
+    assert str(info.value) == message
+
+
+def test_cli_check_refuses_a_zero_latency_limit_before_loading_anything(edgeres, tmp_path):
+    code, out = edgeres("check", "--baseline", tmp_path / "a", "--candidate", tmp_path / "b.onnx",
+                        "--max-latency-ms", 0, "--json", tmp_path / "j.json")
+    assert code == 2 and "max_latency_ms (--max-latency-ms) must be None or a number > 0" in out
+    assert not (tmp_path / "j.json").exists()
+
+
 def test_junit_xml_counts_and_table(tmp_path):
     labels, right_b, right_c = _pair(newly_wrong=20)
     cfg = GateConfig(max_class_drop=50.0, max_latency_ms=10.0, max_size_mb=5.0)

@@ -1,5 +1,6 @@
 import base64
 import copy
+import json
 import math
 from html.parser import HTMLParser
 
@@ -9,6 +10,7 @@ import pytest
 from edgeres.errors import UserInputError
 from edgeres.report.charts import pareto_front
 from edgeres.report.render import MISSING, render_report, summary_rows
+from edgeres.report.schema import read_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -184,3 +186,127 @@ def test_bad_results_are_refused(tmp_path):
         render_report({"artifacts": []}, tmp_path)
     with pytest.raises(UserInputError, match="baseline 'nope'"):
         summary_rows({**RESULTS, "baseline": "nope"})
+
+
+# --- a results.json the report cannot read is refused whole, before anything is written ---
+
+def _with(path: str, value) -> dict:
+    """RESULTS with the field at dotted `path` (list indices as numbers) set to `value`."""
+    results = copy.deepcopy(RESULTS)
+    *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    node = results
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return results
+
+
+BAD_FIELDS = [
+    ("environment", "foo", "environment must be an object, got 'foo'"),
+    ("artifacts.0.latency.engine.p50_ms", "fast", "artifacts[0].latency.engine.p50_ms must be a number, got 'fast'"),
+    ("artifacts.1.size_bytes", "big", "artifacts[1].size_bytes must be a number, got 'big'"),
+    ("artifacts.0.latency", [1, 2], "artifacts[0].latency must be an object, got a list of 2"),
+    ("artifacts.0.memory", "x", "artifacts[0].memory must be an object, got 'x'"),
+    ("artifacts.0.memory.runtime_peak_mb", "98", "artifacts[0].memory.runtime_peak_mb must be a number"),
+    ("artifacts.2.load", "x", "artifacts[2].load must be an object, got 'x'"),
+    ("artifacts.2.load.contended", "yes", "artifacts[2].load.contended must be true or false"),
+    ("gate", "x", "gate must be an object, got 'x'"),
+    ("gate", {"checks": [{"name": "size"}]}, "gate.checks[0].limit must be present, got nothing"),
+    ("artifacts.0.metrics.accuracy", "high", "artifacts[0].metrics.accuracy must be a number, got 'high'"),
+    ("artifacts.0.batch_size", "8", "artifacts[0].batch_size must be a positive integer, got '8'"),
+    ("artifacts.0.latency.engine.samples_ms", [1.0, "x"], "artifacts[0].latency.engine.samples_ms[1] must be a number"),
+    ("artifacts.0.backend", 5, "artifacts[0].backend must be a string, got 5"),
+    ("config", "x", "config must be an object, got 'x'"),
+    ("artifacts.0.input_shape", "x", "artifacts[0].input_shape must be a list, got 'x'"),
+    ("artifacts.3", "x", "artifacts[3] must be an object, got 'x'"),
+]
+
+
+@pytest.mark.parametrize("path,value,message", BAD_FIELDS, ids=[f"{p}={v!r}" for p, v, _ in BAD_FIELDS])
+def test_a_wrong_type_is_refused_naming_the_field(path, value, message, tmp_path):
+    results = _with(path, value)
+    with pytest.raises(UserInputError) as refused:
+        render_report(results, tmp_path / "report")
+    assert message in str(refused.value) and "expected a results.json" in str(refused.value)
+    with pytest.raises(UserInputError, match=message.split(" must ")[0].replace("[", r"\[").replace("]", r"\]")):
+        summary_rows(results)  # the CLI prints the summary before rendering
+    assert not (tmp_path / "report").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("path,value,message", BAD_FIELDS[:3], ids=[p for p, _, _ in BAD_FIELDS[:3]])
+def test_cli_refuses_a_wrong_type_with_exit_2(path, value, message, edgeres, tmp_path):
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(_with(path, value)))
+    code, printed = edgeres("report", source, "--out", tmp_path / "report")
+    assert code == 2 and "Traceback" not in printed
+    assert message in " ".join(printed.split())  # the console may wrap the line
+
+
+def test_read_results_names_the_file(tmp_path):
+    source = tmp_path / "edited.json"
+    source.write_text(json.dumps(_with("artifacts.0.latency.engine.p50_ms", "fast")))
+    with pytest.raises(UserInputError, match=r"edited\.json: artifacts\[0\]\.latency\.engine\.p50_ms must be a number"):
+        read_results(source)
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_failed_run_leaves_an_existing_report_unchanged(tmp_path):
+    out = tmp_path / "report"
+    render_report(copy.deepcopy(RESULTS), out)
+    (out / "notes.txt").write_text("mine")
+    before, siblings = _snapshot(out), sorted(tmp_path.iterdir())
+    results = copy.deepcopy(RESULTS)
+    results["artifacts"].append(_artifact("extra.onnx", "onnxruntime", "fp32", p50=3.0, acc=0.9))
+    results["baseline"] = "nope"  # found only after the charts could have been drawn
+    with pytest.raises(UserInputError, match="baseline 'nope'"):
+        render_report(results, out)
+    with pytest.raises(UserInputError, match="p50_ms"):
+        render_report(_with("artifacts.3.latency", {"engine": {"p50_ms": "fast"}}), out)
+    assert _snapshot(out) == before and sorted(tmp_path.iterdir()) == siblings
+
+
+def test_a_folder_in_the_way_is_refused_before_any_file_moves(tmp_path):
+    out = tmp_path / "report"
+    render_report(copy.deepcopy(RESULTS), out)
+    (out / "report.html").unlink()
+    (out / "report.html").mkdir()
+    before = _snapshot(out)
+    with pytest.raises(UserInputError, match="report.html is a folder"):
+        render_report(_with("environment.cpu", "Another CPU"), out)
+    assert _snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_a_rerun_replaces_the_report_and_keeps_other_files(tmp_path):
+    out = tmp_path / "report"
+    render_report(copy.deepcopy(RESULTS), out)
+    (out / "notes.txt").write_text("mine")
+    (out / "plots" / "mine.png").write_bytes(b"x")
+    old_md = (out / "report.md").read_text()
+    results = copy.deepcopy(RESULTS)
+    results["environment"]["cpu"] = "Another CPU"
+    written = render_report(results, out)
+    assert "Another CPU" in (out / "report.md").read_text() != old_md
+    assert (out / "notes.txt").read_text() == "mine" and (out / "plots" / "mine.png").read_bytes() == b"x"
+    assert all(path.parent.is_relative_to(out) and path.is_file() for path in written.values())
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no scratch folder left beside it
+
+
+def test_an_older_results_json_still_renders(tmp_path):
+    """Written before tasks, units, runtime memory, load, ISA and per-call samples: those fields are absent."""
+    old = {"environment": {"cpu": "Old CPU", "cores": 4, "python": "3.10.0", "versions": {"torch": "2.1.0"}},
+           "artifacts": [{"name": "a.onnx", "path": "a.onnx", "backend": "onnxruntime", "precision": "fp32",
+                          "threads": 4, "batch_size": 1, "size_bytes": 1_000_000, "peak_rss_mb": 321.0,
+                          "latency": {"engine": {"p50_ms": 2.0, "p99_ms": 3.0, "throughput_ips": 500.0}},
+                          "metrics": {"accuracy": 0.9}},
+                         {"path": "runs/b/model.xml", "latency": None, "metrics": None}],
+           "baseline": "a.onnx",
+           "gate": {"passed": True, "metric_checks": [{"name": "accuracy", "baseline": 0.9, "candidate": 0.895,
+                                                       "delta_points": -0.5}]}}
+    written = render_report(old, tmp_path)
+    md = written["report.md"].read_text(encoding="utf-8")
+    assert "| a.onnx | onnxruntime |" in md and "| model.xml |" in md and "321.0" in md
+    assert "Verdict: PASS" in md and "90.00% (baseline)" in md

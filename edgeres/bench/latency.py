@@ -36,6 +36,9 @@ def time_calls(fn: Callable[[], Any], warmup: int = 10, runs: int = 100, budget_
     (a sub-millisecond model needs many calls for a stable median), stopping past `budget_s` seconds."""
     if runs < 1 or warmup < 0:
         raise UserInputError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    if (budget_s is not None and not budget_s > 0) or not min_seconds >= 0:  # `not` so NaN is refused too
+        raise UserInputError(f"budget_s must be None or seconds > 0 and min_seconds seconds >= 0, "
+                             f"got budget_s={budget_s}, min_seconds={min_seconds}")
     for _ in range(warmup):
         fn()
     samples = []

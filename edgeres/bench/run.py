@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -36,6 +37,16 @@ class BenchConfig:
                 raise UserInputError(f"{name} must be positive integers, got {values!r}")
         if self.runs < 1 or self.warmup < 0:
             raise UserInputError(f"runs must be >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
+        # A budget of 0 s or less would time only the 5 runs always kept and record a meaningless limit.
+        if self.budget_s is not None and not (_is_seconds(self.budget_s) and self.budget_s > 0):
+            raise UserInputError(f"--budget (budget_s) must be a number of seconds > 0, got {self.budget_s!r}")
+        if not (_is_seconds(self.min_seconds) and self.min_seconds >= 0):
+            raise UserInputError(f"--min-seconds (min_seconds) must be a number of seconds >= 0, "
+                                 f"got {self.min_seconds!r}")
+
+
+def _is_seconds(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # The ISA extensions that decide which int8/bf16 kernels a runtime can use: a figure means little without them.
@@ -129,7 +140,15 @@ def worker_result(res: subprocess.CompletedProcess, what: str) -> dict[str, Any]
     return answer
 
 
-def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
+def check_out(out_dir: str | Path) -> Path:
+    """Refuse an --out that is a file (call it before measuring); the folder is made when results are written."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; expected a folder for results.json and the report")
+    return out
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
+    out = check_out(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return write_json(out / "results.json", results)

@@ -97,6 +97,8 @@ def compress_checkpoint(ckpt: str | Path, out: str | Path, prune_config: PruneCo
     execution = resolve_execution(finetune.device, finetune.amp)  # refuse a missing GPU before pruning, not after
     source = checkpoint_dir(ckpt)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; expected a folder for the compressed checkpoint")
     if (out / WEIGHTS_FILE).exists():
         raise UserInputError(f"{out} already holds a checkpoint; choose another --out")
     if (prune_config is None) == (sparsity is None):

@@ -58,9 +58,12 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         _require(_is_number(self.max_drop) and self.max_drop >= 0, "max_drop", self.max_drop, "a number >= 0")
-        for name in ("max_class_drop", "max_latency_ms", "max_size_mb"):
+        _require(self.max_class_drop is None or (_is_number(self.max_class_drop) and self.max_class_drop >= 0),
+                 "max_class_drop", self.max_class_drop, "None or a number >= 0")
+        # No latency or size is 0 or less: such a limit fails every candidate, so it is a mistake, not a gate.
+        for name in ("max_latency_ms", "max_size_mb"):
             value = getattr(self, name)
-            _require(value is None or (_is_number(value) and value >= 0), name, value, "None or a number >= 0")
+            _require(value is None or (_is_number(value) and value > 0), name, value, "None or a number > 0")
         _require(self.max_explanation_drift is None or (_is_number(self.max_explanation_drift)
                                                         and 0 <= self.max_explanation_drift <= 2),
                  "max_explanation_drift", self.max_explanation_drift, "None or a number from 0 to 2 (1 - rank correlation)")
@@ -344,6 +347,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+#: The limits `edgeres check` takes as options; the other fields are set from recipes and Python only.
+_CLI_OPTIONS = frozenset({"max_drop", "max_class_drop", "max_latency_ms", "max_size_mb", "max_explanation_drift",
+                          "explanation_images"})
+
+
 def _require(ok: bool, field: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise UserInputError(f"GateConfig.{field} must be {expected}, got {value!r}")
+    if not ok:  # named as a recipe spells it (and as the CLI does), never by the class
+        option = f" (--{field.replace('_', '-')})" if field in _CLI_OPTIONS else ""
+        raise UserInputError(f"{field}{option} must be {expected}, got {value!r}")

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 from typing import Any
 
-from edgeres.artifacts import write_text
+from edgeres.artifacts import scratch_dir, write_text
 from edgeres.bench.load import CONTENTION_SHARE
 from edgeres.errors import UserInputError
 from edgeres.meta import DEFAULT_TASK
 from edgeres.report.blocks import Block, Bullets, Heading, Image, Para, Table
 from edgeres.report.charts import engine_latency, p50_per_image, pareto_front, write_charts
+from edgeres.report.schema import check_results
 from edgeres.report.sections import evaluation_blocks, explanation_blocks
 from edgeres.tasks import Task, get_task
 
@@ -61,7 +63,10 @@ def results_task(artifacts: list[dict[str, Any]]) -> Task:
 
 def summary_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(columns, rows) of the summary table, one row per artifact, every cell a string ("–" if unknown)."""
-    artifacts = _artifacts(results)
+    return _summary(results, _artifacts(results))
+
+
+def _summary(results: dict[str, Any], artifacts: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     task = results_task(artifacts)
     base = _baseline(results, artifacts)
     base_img_ms = p50_per_image(base) if base else None
@@ -107,15 +112,40 @@ def contended(artifacts: list[dict[str, Any]]) -> list[str]:
 
 
 def render_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write report.md, report.html and plots/*.png into `out_dir`; returns {relative name: path}."""
+    """Write report.md, report.html and plots/*.png into `out_dir`; returns {relative name: path}.
+
+    The whole report is built in a scratch folder beside `out_dir` and moved in only when complete, so a run that
+    fails leaves an earlier report as it was. Other files in `out_dir` are left alone.
+    """
     out_dir = Path(out_dir)
     artifacts = _artifacts(results)
-    charts = write_charts(artifacts, out_dir / "plots", results_task(artifacts))
-    images = [Image(caption, path, path.relative_to(out_dir).as_posix()) for caption, path in charts]
-    blocks = _blocks(results, artifacts, images, out_dir)
-    written = {img.rel: img.path for img in images}
-    written["report.md"] = write_text(out_dir / "report.md", to_markdown(blocks))
-    written["report.html"] = write_text(out_dir / "report.html", to_html(blocks, TITLE))
+    summary = _summary(results, artifacts)  # refuses a missing baseline or mixed tasks before anything is written
+    # Beside the folder a symlinked `out_dir` points to: moving out of the scratch folder must be a rename.
+    with scratch_dir(out_dir.resolve().parent, f"{out_dir.resolve().name}.report") as scratch:
+        charts = write_charts(artifacts, scratch / "plots", results_task(artifacts))
+        images = [Image(caption, path, path.relative_to(scratch).as_posix()) for caption, path in charts]
+        blocks = _blocks(results, artifacts, summary, images, scratch)
+        write_text(scratch / "report.md", to_markdown(blocks))
+        write_text(scratch / "report.html", to_html(blocks, TITLE))
+        return _publish(scratch, out_dir)
+
+
+def _publish(scratch: Path, out_dir: Path) -> dict[str, Path]:
+    """Move every file of `scratch` to the same place in `out_dir`, the pages last (each move is a rename, so a
+    reader sees a whole file, old or new); returns {relative name: path}."""
+    pages = ("report.md", "report.html")
+    rels = sorted((p.relative_to(scratch).as_posix() for p in scratch.rglob("*") if p.is_file()),
+                  key=lambda rel: (rel in pages, rel))
+    blocked = [rel for rel in rels if (out_dir / rel).is_dir()]
+    if blocked:  # found before the first move, so the old report stays whole
+        raise UserInputError(f"{out_dir / blocked[0]} is a folder where the report writes a file; move it away "
+                             "or choose another --out")
+    written = {}
+    for rel in rels:
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(scratch / rel, target)
+        written[rel] = target
     return written
 
 
@@ -163,8 +193,9 @@ def to_html(blocks: list[Block], title: str) -> str:
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], images: list[Image], out_dir: Path) -> list[Block]:
-    columns, rows = summary_rows(results)
+def _blocks(results: dict[str, Any], artifacts: list[dict[str, Any]], summary: tuple[list[str], list[list[str]]],
+            images: list[Image], out_dir: Path) -> list[Block]:
+    columns, rows = summary
     env = results.get("environment") or {}
     base = results.get("baseline")
     intro = (f"{len(artifacts)} artifacts measured on {env.get('cpu') or 'an unrecorded CPU'}"
@@ -242,15 +273,10 @@ def _latency_front(artifacts: list[dict[str, Any]], task: Task) -> list[str]:
 
 
 def _artifacts(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Artifacts from results.json, each guaranteed a name (copies; the input is not changed)."""
-    if not isinstance(results, dict) or not isinstance(results.get("artifacts"), list) or not results["artifacts"]:
-        raise UserInputError("results must be a dict with a non-empty 'artifacts' list (the output of `edgeres bench`)")
-    out = []
-    for i, a in enumerate(results["artifacts"]):
-        if not isinstance(a, dict):
-            raise UserInputError(f"artifacts[{i}] must be a dict, got {type(a).__name__}")
-        out.append({**a, "name": str(a.get("name") or Path(str(a.get("path") or "")).name or f"artifact {i}")})
-    return out
+    """Artifacts from a checked results.json, each guaranteed a name (copies; the input is not changed)."""
+    check_results(results)
+    return [{**a, "name": str(a.get("name") or Path(str(a.get("path") or "")).name or f"artifact {i}")}
+            for i, a in enumerate(results["artifacts"])]
 
 
 def _baseline(results: dict[str, Any], artifacts: list[dict[str, Any]]) -> dict[str, Any] | None:

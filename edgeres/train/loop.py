@@ -151,6 +151,8 @@ def validate(model: nn.Module, bundle: DataBundle, batch_size: int, execution: E
 def _prepare_out(cfg: TrainConfig) -> dict[str, Any] | None:
     """Refuse to overwrite a finished run; return the saved state when resuming."""
     out = cfg.out_dir
+    if out.exists() and not out.is_dir():  # a checkpoint's model.json too: a run is its folder, not a file in it
+        raise UserInputError(f"--out {out} is a file; expected a folder for the training run")
     if cfg.resume:
         state = load_state(out / "last")
         if state is None:
@@ -307,7 +309,7 @@ def finalize_run(out_dir: Path, history: list[dict[str, Any]], bundle: DataBundl
     task = get_task(runner.meta.task)
     metrics, predictions = evaluate_runner(runner, bundle)
     write_metrics(metrics, runner.info.to_dict(), out_dir, bundle.class_names, task,
-                  examples=(bundle, predictions.get("test")))
+                  examples=(bundle, predictions.get("test")), data=runner.meta.data)
     if history:
         plot_training_curves(history, out_dir / "curves.png", task.metric)
     write_json(out_dir / "history.json", history)

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from edgeres.data.builtin import BUILTIN_SOURCES
 from edgeres.data.detect.source import DetectionSource, source_from_files
 from edgeres.data.split import SPLITS
 from edgeres.errors import UserInputError
@@ -219,6 +220,10 @@ def read_yolo(config: DataConfig) -> DetectionSource:
     """A YOLO-layout source: a data.yaml (or a folder holding one), or a folder with images/ and labels/."""
     source = Path(config.source).expanduser()
     if not source.exists():
+        if config.source in BUILTIN_SOURCES:
+            raise UserInputError(f"data source {config.source} is a built-in classification set; a detection model "
+                                 "trains on shapes-det, a data.yaml, a folder with images/ and labels/, or a COCO "
+                                 "instances_*.json")
         raise UserInputError(f"data source {source} does not exist; expected shapes-det, a data.yaml, a folder "
                              "with images/ and labels/, or a COCO instances_*.json")
     data_yaml = find_yaml(source)
