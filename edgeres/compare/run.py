@@ -145,12 +145,10 @@ def _check_same_training(config: CompareConfig, model: str) -> None:
 def changed(saved: dict[str, Any], wanted: dict[str, Any], config: type, keys: set[str]) -> list[str]:
     """The `keys` whose recorded value differs from the wanted one. A setting the record lacks (written by an
     edgeres before that setting existed, e.g. betas and loss) was trained at `config`'s default for it."""
-    defaults = {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(config)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    # As the records were written: nested configs as dicts, tuples as lists
     defaults = json.loads(json.dumps({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                                       for k, v in defaults.items()}, default=str))
     return sorted(k for k in keys if saved.get(k, defaults.get(k)) != wanted.get(k, defaults.get(k)))

@@ -37,8 +37,9 @@ def default_eval_dir(path: str | Path, other_data: str | None = None) -> Path:
     `<name>.eval-<data>/` beside a file, so the run's own metrics.json stays the run's."""
     p = Path(path)
     suffix = f"-{_slug(other_data)}" if other_data else ""
-    return checkpoint_dir(p) / f"eval{suffix}" if is_checkpoint(p) and suffix else (
-        checkpoint_dir(p) if is_checkpoint(p) else p.parent / f"{p.name}.eval{suffix}")
+    if is_checkpoint(p):
+        return checkpoint_dir(p) / f"eval{suffix}" if suffix else checkpoint_dir(p)
+    return p.parent / f"{p.name}.eval{suffix}"
 
 
 def _slug(data: str) -> str:
@@ -55,7 +56,7 @@ def evaluate_artifact(path: str | Path, data: str | None = None, out: str | Path
     from edgeres import runtime
 
     runner = runtime.load(path, backend=backend, precision=precision, threads=threads)
-    config = data_config_for(runner.meta, data)
+    config = data_config_for(runner.meta, data)  # recorded in metrics.json, so not load_task_data
     task = get_task(runner.meta.task)
     bundle = task.load_data(config)
     other = data if data and data != (runner.meta.data or {}).get("source") else None
